@@ -1,0 +1,227 @@
+"""kernel.py end to end on synthetic and real DFDC videos, and its pieces: reading, tiling, writing, fallback."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import kernel
+from bench.samples import SampleSpec, render_frames, set_display_rotation, write_video
+
+
+def read_rows(path: Path) -> dict[str, float]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(list(row) == ["filename", "label"] for row in rows)
+    return {row["filename"]: float(row["label"]) for row in rows}
+
+
+def read_report(path: Path) -> dict[str, dict]:
+    return {entry["filename"]: entry for entry in map(json.loads, path.read_text().splitlines())}
+
+
+def run_kernel(videos: Path, out_dir: Path, ensemble: Path, *extra: str) -> tuple[dict, dict]:
+    out, report = out_dir / "submission.csv", out_dir / "report.jsonl"
+    assert kernel.main(["--videos", str(videos), "--out", str(out), "--report", str(report),
+                        "--ensemble", str(ensemble), *extra]) == 0
+    return read_rows(out), read_report(report)
+
+
+@pytest.fixture(scope="module")
+def sample_run(sample_videos, ensemble_path, tmp_path_factory):
+    videos = next(iter(sample_videos.values())).parent
+    return run_kernel(videos, tmp_path_factory.mktemp("run"), ensemble_path, "--frames-per-video", "8")
+
+
+def test_every_synthetic_video_gets_a_clipped_row(sample_run, sample_videos):
+    rows, report = sample_run
+    assert set(rows) == set(sample_videos)
+    assert all(0.01 <= label <= 0.99 for label in rows.values())
+    assert set(report) == set(rows)
+
+
+def test_faces_found_in_synthetic_videos(sample_run):
+    _, report = sample_run
+    for name in ("face_1080p.mp4", "face_portrait.mp4"):
+        entry = report[name]
+        assert entry["frames_read"] == 8
+        assert sum(n >= 1 for n in entry["faces_per_frame"]) >= 0.9 * entry["frames_read"], entry
+        assert not entry["fallback"] and set(entry["model_scores"]) == {
+            "meso4_df", "meso4_f2f", "mesoinception4_df", "mesoinception4_f2f"}
+        assert set(entry["seconds"]) == set(kernel.STAGES)
+
+
+def test_video_without_face_gets_the_fallback(sample_run):
+    rows, report = sample_run
+    assert rows["no_face_1080p.mp4"] == 0.5
+    assert report["no_face_1080p.mp4"]["fallback"] and report["no_face_1080p.mp4"]["error"] == "no face found"
+
+
+def test_real_dfdc_clips_faces_in_90_percent_of_frames(shared, ensemble_path, tmp_path):
+    videos = shared / "data" / "dfdc_sample"
+    rows, report = run_kernel(videos, tmp_path, ensemble_path, "--frames-per-video", "32")
+    names = {p.name for p in videos.rglob("*.mp4")}
+    assert set(rows) == names and len(names) == 4
+    for name in names:
+        entry = report[name]
+        assert entry["frames_read"] == 32 and entry["reader"] == "pyav"
+        found = sum(n >= 1 for n in entry["faces_per_frame"])
+        assert found >= 0.9 * 32, f"{name}: faces in only {found}/32 frames"
+        assert 0.01 <= rows[name] <= 0.99 and not entry["fallback"]
+
+
+def test_device_failure_mid_run_falls_back_to_cpu(sample_videos, ensemble_path, tmp_path, monkeypatch):
+    """A simulated GPU works for a few batches, then runs out of memory: the rest runs on the CPU, no row lost."""
+    videos = next(iter(sample_videos.values())).parent
+    expected, _ = run_kernel(videos, tmp_path / "cpu", ensemble_path, "--device", "cpu", "--frames-per-video", "8")
+
+    real_forward = kernel.Accelerator._forward
+    calls = {"gpu": 0}
+
+    def flaky_gpu(self, module, batch):
+        if self.device.type == "cuda":
+            calls["gpu"] += 1
+            if calls["gpu"] > 3:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+            cpu = self.device
+            self.device = torch.device("cpu")  # the simulated GPU computes on the CPU
+            try:
+                return real_forward(self, module, batch)
+            finally:
+                self.device = cpu
+        return real_forward(self, module, batch)
+
+    monkeypatch.setattr(kernel.Accelerator, "_forward", flaky_gpu)
+    (tmp_path / "gpu").mkdir()
+    rows, report = run_kernel(videos, tmp_path / "gpu", ensemble_path, "--device", "cuda", "--frames-per-video", "8")
+    assert calls["gpu"] == 4
+    assert rows == expected
+    assert all(entry["error"] is None or entry["error"] == "no face found" for entry in report.values())
+    assert {entry["device"] for entry in report.values()} <= {"cpu", "cuda"}
+    assert report[sorted(report)[-1]]["device"] == "cpu"
+
+
+def test_accelerator_without_a_gpu_retries_on_cpu():
+    """Asking for CUDA where the device fails (no driver here, or an injected OOM there) still gives the answer."""
+
+    class FailsOffCpu(torch.nn.Module):
+        def forward(self, x):
+            if x.device.type != "cpu":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+            return x * 2
+
+    accelerator = kernel.Accelerator("cuda")
+    out = accelerator(FailsOffCpu(), torch.ones(2, 3))
+    assert torch.equal(out, torch.full((2, 3), 2.0))
+    assert accelerator.device.type == "cpu" and accelerator.fallback_reason
+
+
+def test_non_device_errors_are_not_swallowed_by_the_fallback():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("bad input shape")
+
+    with pytest.raises(ValueError):
+        kernel.Accelerator("cpu")(Broken(), torch.ones(1))
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def test_sample_indices_are_evenly_spaced_and_bounded():
+    assert kernel.sample_indices(300, 4) == [0, 100, 199, 299]
+    assert kernel.sample_indices(5, 32) == [0, 1, 2, 3, 4]
+    assert kernel.sample_indices(0, 32) == []
+
+
+def test_pyav_and_opencv_read_the_same_frames(sample_videos):
+    path = sample_videos["face_1080p.mp4"]
+    pyav = kernel._read_pyav(path, 5)
+    opencv = kernel._read_opencv(path, 5)
+    assert pyav.indices == opencv.indices == [0, 15, 30, 44, 59]
+    for a, b in zip(pyav.frames, opencv.frames):
+        assert a.shape == b.shape == (1080, 1920, 3)
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 3  # colour conversion differs by rounding only
+
+
+def test_opencv_fallback_when_pyav_fails(sample_videos, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("injected PyAV failure")
+
+    monkeypatch.setattr(kernel.av, "open", broken)
+    clip = kernel.read_frames(sample_videos["face_1080p.mp4"], 4)
+    assert clip.reader == "opencv" and len(clip.frames) == 4
+
+
+def test_rotation_metadata_is_respected(tmp_path):
+    spec = SampleSpec("rotated.mp4", 320, 180, True)
+    frames = list(render_frames(spec, 3, face_scale=0.3))
+    path = set_display_rotation(write_video(tmp_path / spec.name, frames, 320, 180), 90)
+    pyav = kernel._read_pyav(path, 3)
+    opencv = kernel._read_opencv(path, 3)
+    upright = cv2.rotate(frames[0], cv2.ROTATE_90_CLOCKWISE)
+    assert pyav.frames[0].shape == opencv.frames[0].shape == (320, 180, 3)
+    assert np.abs(pyav.frames[0].astype(int) - upright.astype(int)).mean() < 6
+    assert np.abs(pyav.frames[0].astype(int) - opencv.frames[0].astype(int)).mean() < 3
+
+
+# ---------------------------------------------------------------------------------------------- tiles, crops
+
+@pytest.mark.parametrize("height,width", [(1080, 1920), (1920, 1080), (720, 1280), (256, 256), (100, 1000)])
+@pytest.mark.parametrize("scales", [(1.0,), (1.0, 0.5)])
+def test_square_tiles_cover_the_frame(height, width, scales):
+    tiles = kernel.square_tiles(height, width, scales)
+    covered = np.zeros((height, width), bool)
+    for top, left, side in tiles:
+        assert 0 <= top and top + side <= height and 0 <= left and left + side <= width
+        covered[top:top + side, left:left + side] = True
+    assert covered.all()
+
+
+def test_letterbox_keeps_aspect_and_centres():
+    image = np.full((50, 100, 3), 200, np.uint8)
+    boxed = kernel.letterbox(image, 256)
+    assert boxed.shape == (256, 256, 3)
+    rows = np.where(boxed[:, 128, 0] > 0)[0]
+    assert rows.min() == 64 and rows.max() == 191  # 128 rows of image, centred
+
+
+def test_crop_faces_adds_margin_and_clamps():
+    frame = np.zeros((100, 200, 3), np.uint8)
+    boxes = [np.array([[10, 10, 60, 60, 0.9], [180, 80, 220, 120, 0.8]], np.float32)]
+    faces = kernel.crop_faces([frame], boxes, margin=0.2)
+    assert [face.crop.shape[:2] for face in faces] == [(60, 60), (24, 24)]
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+def test_rows_follow_the_sample_submission_and_keep_its_videos(tmp_path):
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("filename,label\nb.mp4,0.5\nmissing.mp4,0.5\na.mp4,0.5\n")
+    assert kernel.submission_order(["a.mp4", "b.mp4", "c.mp4"], sample) == ["b.mp4", "missing.mp4", "a.mp4", "c.mp4"]
+
+
+def test_submission_is_replaced_atomically(tmp_path):
+    out = tmp_path / "submission.csv"
+    kernel.write_submission(out, [("a.mp4", 0.25)])
+    with pytest.raises(ValueError):
+        kernel.write_submission(out, [("a.mp4", 0.75), ("b.mp4", "not a number")])
+    assert read_rows(out) == {"a.mp4": 0.25}  # the old file is untouched by the failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
+
+
+def test_broken_video_gets_fallback_row(ensemble_path, sample_videos, tmp_path):
+    videos = tmp_path / "videos"
+    (videos / "nested").mkdir(parents=True)
+    shutil.copy(sample_videos["face_1080p.mp4"], videos / "nested" / "good.mp4")
+    (videos / "broken.mp4").write_bytes(b"\x00" * 1000)
+    (videos / "notes.txt").write_text("not a video")
+    rows, report = run_kernel(videos, tmp_path, ensemble_path, "--frames-per-video", "4")
+    assert set(rows) == {"good.mp4", "broken.mp4"}
+    assert rows["broken.mp4"] == 0.5 and "cannot decode" in report["broken.mp4"]["error"]
+    assert not report["good.mp4"]["fallback"]

@@ -1,0 +1,82 @@
+"""The ensemble manifest: the default one loads strictly; every kind of damage is a clear WeightsError."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from weights import WeightsError, load_ensemble
+from weights.sources import MESONET_FILES
+
+
+@pytest.fixture
+def manifest_copy(ensemble_path, tmp_path):
+    """A writable copy of the built weights folder; returns (manifest path, parsed JSON)."""
+    folder = shutil.copytree(ensemble_path.parent, tmp_path / "weights")
+    path = folder / "ensemble.json"
+    return path, json.loads(path.read_text())
+
+
+def test_default_manifest_lists_the_four_mesonets_with_hashes(ensemble_path):
+    ensemble = load_ensemble(ensemble_path)
+    assert [m.name for m in ensemble.models] == list(MESONET_FILES)
+    assert all(len(m.sha256) == 64 and m.positive_class == "REAL" and m.input.size == 256 for m in ensemble.models)
+    assert ensemble.blend.clip == (0.01, 0.99) and ensemble.blend.fallback == 0.5
+    assert {m.weight for m in ensemble.models} == {1.0}
+    for spec in ensemble.models:
+        assert not ensemble.build_model(spec).training
+    assert ensemble.build_detector() is not None
+
+
+def test_hash_mismatch_is_an_error(manifest_copy):
+    path, data = manifest_copy
+    data["models"][0]["sha256"] = "0" * 64
+    path.write_text(json.dumps(data))
+    ensemble = load_ensemble(path)
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        ensemble.build_model(ensemble.models[0])
+
+
+def test_checkpoint_for_another_arch_is_an_error(manifest_copy):
+    path, data = manifest_copy
+    data["models"][0]["arch"] = "mesoinception4"  # a Meso4 checkpoint: keys do not fit
+    path.write_text(json.dumps(data))
+    ensemble = load_ensemble(path)
+    with pytest.raises(WeightsError, match="does not fit"):
+        ensemble.build_model(ensemble.models[0])
+
+
+def test_missing_checkpoint_is_an_error(manifest_copy):
+    path, data = manifest_copy
+    (path.parent / data["models"][1]["checkpoint"]).unlink()
+    ensemble = load_ensemble(path)
+    with pytest.raises(WeightsError, match="not found"):
+        ensemble.build_model(ensemble.models[1])
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: d.update(format=99), "unsupported manifest format"),
+    (lambda d: d.update(models=[]), "lists no models"),
+    (lambda d: d["blend"].update(clip=[0.9, 0.1]), "lo < hi"),
+    (lambda d: d["blend"].update(fallback=0.999), "outside the clip range"),
+    (lambda d: d["models"][0].update(positive_class="maybe"), "positive_class"),
+    (lambda d: d["models"][0].pop("checkpoint"), "malformed"),
+    (lambda d: d["models"][1].update(name=d["models"][0]["name"]), "unique"),
+    (lambda d: [m.update(weight=0.0) for m in d["models"]], "sum to zero"),
+])
+def test_malformed_manifest_is_an_error(manifest_copy, damage, message):
+    path, data = manifest_copy
+    damage(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(WeightsError, match=message):
+        load_ensemble(path)
+
+
+def test_unknown_arch_is_named(manifest_copy):
+    path, data = manifest_copy
+    data["models"][0]["arch"] = "no_such_net"
+    path.write_text(json.dumps(data))
+    ensemble = load_ensemble(path)
+    with pytest.raises(KeyError, match="no_such_net"):
+        ensemble.build_model(ensemble.models[0])

