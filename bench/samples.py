@@ -6,6 +6,7 @@ a landscape 1080p clip with one face, the same scene without the face, and a por
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import struct
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ DEFAULT_SAMPLES = (
 )
 
 
+@functools.lru_cache(maxsize=16)
 def background(width: int, height: int, seed: int) -> np.ndarray:
     """A smooth coloured gradient with soft blobs: textured like a room, with nothing face-like in it."""
     rng = np.random.default_rng(seed)
@@ -49,7 +51,9 @@ def background(width: int, height: int, seed: int) -> np.ndarray:
         cx, cy, radius = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(40, 200)
         blob = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * radius**2))
         image += blob[..., None] * rng.uniform(-50, 50, size=3)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    image.flags.writeable = False  # cached and shared: callers copy before drawing
+    return image
 
 
 def face_patch(scale: float) -> np.ndarray:

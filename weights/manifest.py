@@ -53,7 +53,7 @@ class DetectorSpec:
     checkpoint: str
     sha256: str
     min_score: float
-    tile_scales: tuple[float, ...] = (1.0,)
+    tile_scales: tuple[float, ...] = (1.0, 0.5)  # tile side / frame short side, coarse to fine
     margin: float = 0.2
     max_faces_per_frame: int = 4
 
@@ -130,7 +130,7 @@ def load_ensemble(path: Path) -> Ensemble:
         raise WeightsError(f"{path}: unsupported manifest format {data.get('format')!r}, expected {FORMAT_VERSION}")
     try:
         detector = data["detector"]
-        detector = DetectorSpec(**{**detector, "tile_scales": tuple(detector.get("tile_scales", (1.0,)))})
+        detector = DetectorSpec(**{**detector, "tile_scales": tuple(detector.get("tile_scales", (1.0, 0.5)))})
         models = tuple(
             ModelSpec(**{**m, "input": InputSpec(**{k: tuple(v) if isinstance(v, list) else v
                                                     for k, v in m["input"].items()})})

@@ -1,0 +1,85 @@
+"""How small a face the detector still finds in a 1080p frame, per BlazeFace model and tiling.
+
+`python -m bench.small_faces [--weights artifacts/weights]` pastes the astronaut's face at several widths
+into 1920x1080 scenes and prints, per (model, tile scales), the share of frames whose face was found and
+the detector's seconds per frame.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+import kernel
+from bench.samples import background, face_patch
+from weights import create_model, load_checkpoint, load_ensemble
+from weights.archs.blazeface import BlazeFaceDetector
+
+FACE_BOX_AT_SCALE_1 = (70, 55, 180, 195)  # x0, y0, x1, y1 of the face inside the unscaled head-and-shoulders patch
+FACE_WIDTH_AT_SCALE_1 = FACE_BOX_AT_SCALE_1[2] - FACE_BOX_AT_SCALE_1[0]
+SETTINGS = {  # name: (model variant, min score, tile scales coarse to fine)
+    "back, full-height tiles": ("back", 0.65, (1.0,)),
+    "back, then half-height (default)": ("back", 0.65, (1.0, 0.5)),
+    "front, full-height tiles": ("front", 0.75, (1.0,)),
+    "front, then half-height": ("front", 0.75, (1.0, 0.5)),
+}
+
+
+def scenes_with_face(face_width: int, count: int, seed: int = 0):
+    """`count` 1080p frames, each with the face at `face_width` pixels at a random place; yields (frame, box)."""
+    rng = np.random.default_rng(seed)
+    scale = face_width / FACE_WIDTH_AT_SCALE_1
+    patch = face_patch(scale)
+    ph, pw = patch.shape[:2]
+    for index in range(count):
+        frame = background(1920, 1080, seed=index % 4).copy()
+        left, top = int(rng.integers(0, 1920 - pw)), int(rng.integers(0, 1080 - ph))
+        frame[top:top + ph, left:left + pw] = patch
+        x0, y0, x1, y1 = (round(v * scale) for v in FACE_BOX_AT_SCALE_1)
+        yield frame, (left + x0, top + y0, left + x1, top + y1)
+
+
+def found(boxes: np.ndarray, truth: tuple[int, int, int, int]) -> bool:
+    """Whether a detection's centre lies inside the true face box."""
+    x0, y0, x1, y1 = truth
+    centres = (boxes[:, :2] + boxes[:, 2:4]) / 2
+    return bool(np.any((centres[:, 0] >= x0) & (centres[:, 0] <= x1) & (centres[:, 1] >= y0) & (centres[:, 1] <= y1)))
+
+
+def make_detector(weights_dir: Path, variant: str, min_score: float, tile_scales) -> kernel.FaceDetector:
+    """A kernel FaceDetector on the CPU for one BlazeFace variant and tiling."""
+    model = load_checkpoint(create_model(f"blazeface_{variant}"), weights_dir / f"blazeface_{variant}.safetensors")
+    spec = replace(load_ensemble(weights_dir / "ensemble.json").detector, tile_scales=tuple(tile_scales))
+    return kernel.FaceDetector(BlazeFaceDetector(model, min_score=min_score), spec, kernel.Accelerator("cpu"), 16)
+
+
+def measure(detector: kernel.FaceDetector, face_width: int, count: int) -> tuple[float, float]:
+    """(share of frames where the face is found, detector seconds per frame)."""
+    frames, truths = zip(*scenes_with_face(face_width, count))
+    start = time.perf_counter()
+    boxes = detector.detect(list(frames))
+    seconds = (time.perf_counter() - start) / count
+    return sum(found(b, t) for b, t in zip(boxes, truths)) / count, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--weights", type=Path, default=Path("artifacts/weights"))
+    parser.add_argument("--widths", default="30,40,50,60,80,120,200")
+    parser.add_argument("--frames", type=int, default=16)
+    args = parser.parse_args()
+    widths = [int(w) for w in args.widths.split(",")]
+    print("share of frames whose face is found (detector seconds per frame), by face width in a 1080p frame")
+    print(f"{'setting':34s}" + "".join(f"{w:>14d}px" for w in widths))
+    for name, (variant, min_score, scales) in SETTINGS.items():
+        detector = make_detector(args.weights, variant, min_score, scales)
+        cells = "".join(f"{rate:>8.0%} ({seconds:.2f})" for rate, seconds in
+                        (measure(detector, width, args.frames) for width in widths))
+        print(f"{name:34s}{cells}")
+
+
+if __name__ == "__main__":
+    main()
