@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def sample_indices(total: int, count: int) -> list[int]:
 
 
 def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
-    """Undo a display rotation (degrees counter-clockwise, as stored in the container's display matrix)."""
+    """Turn a decoded frame upright: rotate it by `rotation` degrees counter-clockwise (PyAV's display matrix)."""
     quarter_turns = round(rotation / 90) % 4
     return np.ascontiguousarray(np.rot90(frame, k=quarter_turns)) if quarter_turns else frame
 
@@ -364,6 +365,16 @@ def video_scores(faces: list[Face], face_scores: dict[str, np.ndarray]) -> dict[
 
 # ---------------------------------------------------------------------------------------------- run
 
+@contextmanager
+def timed(seconds: dict[str, float], stage: str):
+    """Add the wall time of the block to seconds[stage]."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
 @dataclass
 class VideoResult:
     """Everything the report says about one video."""
@@ -399,22 +410,21 @@ class Kernel:
         """Score one video; any failure yields the fallback value and the error in the result."""
         blend = self.ensemble.blend
         result = VideoResult(filename=path.name, label=blend.fallback)
-        clock = _StageClock(result.seconds)
         try:
-            with clock("read"):
+            with timed(result.seconds, "read"):
                 clip = read_frames(path, self.frames_per_video)
             result.frames_read, result.reader = len(clip.frames), clip.reader
-            with clock("detect"):
+            with timed(result.seconds, "detect"):
                 boxes = self.detector.detect(clip.frames)
             result.faces_per_frame = [len(b) for b in boxes]
-            with clock("crop"):
+            with timed(result.seconds, "crop"):
                 faces = crop_faces(clip.frames, boxes, self.ensemble.detector.margin)
             if not faces:
                 result.fallback, result.error = True, "no face found"
                 return result
-            with clock("predict"):
+            with timed(result.seconds, "predict"):
                 face_scores = predict_faces(faces, self.classifiers, self.accelerator, self.batch_size)
-            with clock("blend"):
+            with timed(result.seconds, "blend"):
                 scores = video_scores(faces, face_scores)
                 result.model_scores = {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
                 blended = blending.blend_models(scores, self.blend_weights)
@@ -429,27 +439,6 @@ class Kernel:
         finally:
             result.device = str(self.accelerator.device)
         return result
-
-
-class _StageClock:
-    """Context managers that add each stage's wall time to a dict of seconds."""
-
-    def __init__(self, seconds: dict[str, float]):
-        self.seconds = seconds
-
-    def __call__(self, stage: str):
-        return _Timed(self.seconds, stage)
-
-
-class _Timed:
-    def __init__(self, seconds: dict[str, float], stage: str):
-        self.seconds, self.stage = seconds, stage
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.seconds[self.stage] = self.seconds.get(self.stage, 0.0) + time.perf_counter() - self.start
 
 
 # ---------------------------------------------------------------------------------------------- write

