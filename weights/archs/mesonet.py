@@ -33,16 +33,12 @@ def dense_head_in_features() -> int:
     return channels * height * width
 
 
-class Meso4(nn.Module):
-    """Four conv -> ReLU -> BN -> max-pool stages, then dense 16 -> LeakyReLU -> dense 1."""
+class _MesoNet(nn.Module):
+    """The part both MesoNets share: two conv 16@5x5 stages, then dense 16 -> LeakyReLU -> dense 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, stem_channels: int) -> None:
         super().__init__()
-        self.conv1 = same_conv(3, 8, 3)
-        self.bn1 = nn.BatchNorm2d(8, eps=KERAS_BN_EPS)
-        self.conv2 = same_conv(8, 8, 5)
-        self.bn2 = nn.BatchNorm2d(8, eps=KERAS_BN_EPS)
-        self.conv3 = same_conv(8, 16, 5)
+        self.conv3 = same_conv(stem_channels, 16, 5)
         self.bn3 = nn.BatchNorm2d(16, eps=KERAS_BN_EPS)
         self.conv4 = same_conv(16, 16, 5)
         self.bn4 = nn.BatchNorm2d(16, eps=KERAS_BN_EPS)
@@ -50,13 +46,29 @@ class Meso4(nn.Module):
         self.fc1 = nn.Linear(dense_head_in_features(), 16)
         self.fc2 = nn.Linear(16, 1)
 
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(self.bn1(F.relu(self.conv1(images))), 2)
-        x = F.max_pool2d(self.bn2(F.relu(self.conv2(x))), 2)
-        x = F.max_pool2d(self.bn3(F.relu(self.conv3(x))), 2)
+        x = F.max_pool2d(self.bn3(F.relu(self.conv3(self.stem(images)))), 2)
         x = F.max_pool2d(self.bn4(F.relu(self.conv4(x))), 4)
         hidden = F.leaky_relu(self.fc1(self.dropout(x.flatten(1))), LEAKY_SLOPE)
         return self.fc2(self.dropout(hidden)).squeeze(1)
+
+
+class Meso4(_MesoNet):
+    """Four conv -> ReLU -> BN -> max-pool stages, then dense 16 -> LeakyReLU -> dense 1."""
+
+    def __init__(self) -> None:
+        super().__init__(stem_channels=8)
+        self.conv1 = same_conv(3, 8, 3)
+        self.bn1 = nn.BatchNorm2d(8, eps=KERAS_BN_EPS)
+        self.conv2 = same_conv(8, 8, 5)
+        self.bn2 = nn.BatchNorm2d(8, eps=KERAS_BN_EPS)
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.bn1(F.relu(self.conv1(images))), 2)
+        return F.max_pool2d(self.bn2(F.relu(self.conv2(x))), 2)
 
 
 class InceptionBlock(nn.Module):
@@ -84,30 +96,21 @@ class InceptionBlock(nn.Module):
         return torch.cat(branches, dim=1)
 
 
-class MesoInception4(nn.Module):
+class MesoInception4(_MesoNet):
     """Two Inception stages, then Meso4's last two conv stages and dense head."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.inception1 = InceptionBlock(3, 1, 4, 4, 2)
-        self.bn1 = nn.BatchNorm2d(self.inception1.out_channels, eps=KERAS_BN_EPS)
-        self.inception2 = InceptionBlock(self.inception1.out_channels, 2, 4, 4, 2)
-        self.bn2 = nn.BatchNorm2d(self.inception2.out_channels, eps=KERAS_BN_EPS)
-        self.conv3 = same_conv(self.inception2.out_channels, 16, 5)
-        self.bn3 = nn.BatchNorm2d(16, eps=KERAS_BN_EPS)
-        self.conv4 = same_conv(16, 16, 5)
-        self.bn4 = nn.BatchNorm2d(16, eps=KERAS_BN_EPS)
-        self.dropout = nn.Dropout(DROPOUT)
-        self.fc1 = nn.Linear(dense_head_in_features(), 16)
-        self.fc2 = nn.Linear(16, 1)
+        inception1 = InceptionBlock(3, 1, 4, 4, 2)
+        inception2 = InceptionBlock(inception1.out_channels, 2, 4, 4, 2)
+        super().__init__(stem_channels=inception2.out_channels)
+        self.inception1 = inception1
+        self.bn1 = nn.BatchNorm2d(inception1.out_channels, eps=KERAS_BN_EPS)
+        self.inception2 = inception2
+        self.bn2 = nn.BatchNorm2d(inception2.out_channels, eps=KERAS_BN_EPS)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(self.bn1(self.inception1(images)), 2)
-        x = F.max_pool2d(self.bn2(self.inception2(x)), 2)
-        x = F.max_pool2d(self.bn3(F.relu(self.conv3(x))), 2)
-        x = F.max_pool2d(self.bn4(F.relu(self.conv4(x))), 4)
-        hidden = F.leaky_relu(self.fc1(self.dropout(x.flatten(1))), LEAKY_SLOPE)
-        return self.fc2(self.dropout(hidden)).squeeze(1)
+        return F.max_pool2d(self.bn2(self.inception2(x)), 2)
 
 
 @register_arch
