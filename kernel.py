@@ -72,15 +72,19 @@ class Accelerator:
         self.fallback_reason: str | None = None
         self._placed: list[torch.nn.Module] = []
 
-    def __call__(self, module: torch.nn.Module, batch: torch.Tensor):
-        """module(batch) on the current device, returned on the CPU; falls back to the CPU once if the device fails."""
+    def __call__(self, module: torch.nn.Module, batch: torch.Tensor, memory_format=torch.channels_last):
+        """module(batch) on the current device, returned on the CPU; falls back to the CPU once if the device fails.
+
+        The module is placed on first use in `memory_format`: channels-last suits 2D convolutions on CPU and GPU
+        alike (about 1.5-2x on this CPU), channels_last_3d the 3D ones; HWC crops arrive in that layout already.
+        """
         try:
-            return self._forward(module, batch)
+            return self._forward(module, batch, memory_format)
         except Exception as error:
             if self.device.type == "cpu" or not is_device_error(error):
                 raise
             self.fall_back_to_cpu(error)
-            return self._forward(module, batch)
+            return self._forward(module, batch, memory_format)
 
     def fall_back_to_cpu(self, error: BaseException) -> None:
         """Move every module to the CPU; the rest of the run stays there."""
@@ -92,11 +96,9 @@ class Accelerator:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _forward(self, module: torch.nn.Module, batch: torch.Tensor):
+    def _forward(self, module: torch.nn.Module, batch: torch.Tensor, memory_format):
         if module not in self._placed:
-            # channels-last suits the convolutions on CPU and GPU alike (about 1.5-2x on CPU); the
-            # HWC crops arrive in that layout already.
-            module.to(self.device, memory_format=torch.channels_last)
+            module.to(self.device, memory_format=memory_format)
             self._placed.append(module)
         with torch.inference_mode():
             output = module(batch.to(self.device, non_blocking=True))
@@ -120,10 +122,15 @@ def resolve_device(name: str) -> str:
 
 @dataclass
 class Clip:
-    """The frames sampled from one video (RGB, upright) and where they came from."""
+    """The decoded frames of one video (RGB, upright) by frame index.
 
-    frames: list[np.ndarray]
-    indices: list[int]
+    `keys` are the evenly spaced frames that detection and frame models see; `windows` holds, per clip
+    geometry (frames, stride, clips), the runs of frames that clip and sequence models see.
+    """
+
+    frames: dict[int, np.ndarray]
+    keys: list[int]
+    windows: dict[tuple[int, int, int], list[list[int]]]
     reader: str
 
 
@@ -134,65 +141,86 @@ def sample_indices(total: int, count: int) -> list[int]:
     return sorted(set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()))
 
 
+def clip_windows(total: int, keys: list[int], geometry: tuple[int, int, int]) -> list[list[int]]:
+    """`clips` runs of `frames` indices `stride` apart, centred on evenly spaced key frames, inside the video."""
+    frames, stride, clips = geometry
+    span = (frames - 1) * stride
+    windows = []
+    for centre in (keys[i] for i in sample_indices(len(keys), clips)):
+        start = min(max(0, centre - span // 2), max(0, total - 1 - span))
+        windows.append([min(start + step * stride, total - 1) for step in range(frames)])
+    return windows
+
+
+def plan_frames(total: int, count: int, geometries) -> tuple[list[int], dict, set[int]]:
+    """Key frames, clip windows per geometry, and every frame index that must be decoded."""
+    keys = sample_indices(total, count)
+    windows = {geometry: clip_windows(total, keys, geometry) for geometry in geometries}
+    wanted = set(keys).union(*(index for runs in windows.values() for index in runs))
+    return keys, windows, wanted
+
+
 def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
     """Turn a decoded frame upright: rotate it by `rotation` degrees counter-clockwise (PyAV's display matrix)."""
     quarter_turns = round(rotation / 90) % 4
     return np.ascontiguousarray(np.rot90(frame, k=quarter_turns)) if quarter_turns else frame
 
 
-def read_frames(path: Path, count: int) -> Clip:
-    """Decode `count` evenly spaced frames: PyAV with threaded decoding first, OpenCV grab/retrieve as fallback."""
+def read_frames(path: Path, count: int, geometries=()) -> Clip:
+    """Decode the planned frames: PyAV with threaded decoding first, OpenCV grab/retrieve as the fallback."""
     try:
-        return _read_pyav(path, count)
+        return _read_pyav(path, count, geometries)
     except Exception as pyav_error:
         log.info("%s: PyAV failed (%s); trying OpenCV", path.name, pyav_error)
         try:
-            return _read_opencv(path, count)
+            return _read_opencv(path, count, geometries)
         except Exception as opencv_error:
             raise ValueError(f"cannot decode: PyAV: {pyav_error}; OpenCV: {opencv_error}") from None
 
 
-def _read_pyav(path: Path, count: int) -> Clip:
+def _decoded_clip(frames: dict[int, np.ndarray], keys, windows, reader: str) -> Clip:
+    """Keep what was really decoded: containers sometimes promise more frames than they hold."""
+    if not frames:
+        raise ValueError("no frame decoded")
+    complete = {geometry: [run for run in runs if all(i in frames for i in run)] for geometry, runs in windows.items()}
+    return Clip(frames, [k for k in keys if k in frames], complete, reader)
+
+
+def _read_pyav(path: Path, count: int, geometries) -> Clip:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         total = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
         if not stream.frames:
             container.seek(0)
-        wanted = sample_indices(total, count)
-        frames, indices = [], []
+        keys, windows, wanted = plan_frames(total, count, geometries)
+        last, frames = max(wanted, default=-1), {}
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
-                frames.append(upright(frame.to_ndarray(format="rgb24"), frame.rotation))
-                indices.append(index)
-                if len(indices) == len(wanted):
-                    break
-    if not frames:
-        raise ValueError("no frame decoded")
-    return Clip(frames, indices, "pyav")
+                frames[index] = upright(frame.to_ndarray(format="rgb24"), frame.rotation)
+            if index >= last:
+                break
+    return _decoded_clip(frames, keys, windows, "pyav")
 
 
-def _read_opencv(path: Path, count: int) -> Clip:
+def _read_opencv(path: Path, count: int, geometries) -> Clip:
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
             raise ValueError("OpenCV cannot open the file")
         capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
-        wanted = sample_indices(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), count)
-        frames, indices = [], []
-        for index in range(wanted[-1] + 1 if wanted else 0):
+        keys, windows, wanted = plan_frames(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), count, geometries)
+        frames = {}
+        for index in range(max(wanted, default=-1) + 1):
             if not capture.grab():  # grab() skips decoding to RGB: only retrieve() pays for the frames we keep
                 break
             if index in wanted:
                 ok, bgr = capture.retrieve()
                 if ok:
-                    frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                    indices.append(index)
+                    frames[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     finally:
         capture.release()
-    if not frames:
-        raise ValueError("no frame decoded")
-    return Clip(frames, indices, "opencv")
+    return _decoded_clip(frames, keys, windows, "opencv")
 
 
 # ---------------------------------------------------------------------------------------------- detect
@@ -275,30 +303,72 @@ class FaceDetector:
         return boxes[np.argsort(-boxes[:, 4])][: self.spec.max_faces_per_frame]
 
 
-# ---------------------------------------------------------------------------------------------- crop
+# ---------------------------------------------------------------------------------------------- track
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two [x0, y0, x1, y1, ...] boxes."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    intersection = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
+    return float(intersection / union) if union > 0 else 0.0
+
 
 @dataclass
-class Face:
-    """One detected face: which sampled frame it is in, its box in pixels and the crop with margin."""
+class Track:
+    """One person's face across the key frames: key position -> box [x0, y0, x1, y1, score]."""
 
-    frame: int
-    box: np.ndarray
-    crop: np.ndarray
+    boxes: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def last(self) -> int:
+        return max(self.boxes)
+
+    def box_at(self, frame: int, keys: list[int]) -> np.ndarray:
+        """The box at any frame index, linearly interpolated between the nearest detections."""
+        frames = np.array([keys[pos] for pos in sorted(self.boxes)], np.float64)
+        boxes = np.stack([self.boxes[pos][:4] for pos in sorted(self.boxes)])
+        return np.array([np.interp(frame, frames, boxes[:, i]) for i in range(4)], np.float32)
+
+    def span(self, keys: list[int]) -> tuple[int, int]:
+        """First and last frame index where the face was detected."""
+        return keys[min(self.boxes)], keys[self.last]
 
 
-def crop_faces(frames: list[np.ndarray], boxes: list[np.ndarray], margin: float) -> list[Face]:
-    """Cut each box, widened by `margin` of its size (half on each side), clamped to the frame."""
-    faces = []
-    for frame_index, (frame, frame_boxes) in enumerate(zip(frames, boxes)):
-        height, width = frame.shape[:2]
-        for box in frame_boxes:
-            x0, y0, x1, y1 = box[:4]
-            pad_x, pad_y = (x1 - x0) * margin / 2, (y1 - y0) * margin / 2
-            left, top = max(0, int(x0 - pad_x)), max(0, int(y0 - pad_y))
-            right, bottom = min(width, int(math.ceil(x1 + pad_x))), min(height, int(math.ceil(y1 + pad_y)))
-            if right - left >= 2 and bottom - top >= 2:
-                faces.append(Face(frame_index, box, frame[top:bottom, left:right]))
-    return faces
+def link_tracks(boxes_per_key: list[np.ndarray], spec) -> list[Track]:
+    """Greedy IoU linking across key frames: best overlaps first, a track may skip up to `max_gap` key frames."""
+    tracks: list[Track] = []
+    for pos, boxes in enumerate(boxes_per_key):
+        open_tracks = [t for t in tracks if pos - t.last <= spec.max_gap + 1]
+        pairs = sorted(((box_iou(t.boxes[t.last], box), ti, bi) for ti, t in enumerate(open_tracks)
+                        for bi, box in enumerate(boxes)), reverse=True)
+        taken_tracks, taken_boxes = set(), set()
+        for overlap, ti, bi in pairs:
+            if overlap < spec.iou:
+                break
+            if ti not in taken_tracks and bi not in taken_boxes:
+                open_tracks[ti].boxes[pos] = boxes[bi]
+                taken_tracks.add(ti)
+                taken_boxes.add(bi)
+        tracks.extend(Track({pos: box}) for bi, box in enumerate(boxes) if bi not in taken_boxes)
+    confirmed = [t for t in tracks if len(t.boxes) >= spec.min_detections]
+    return confirmed or tracks
+
+
+# ---------------------------------------------------------------------------------------------- crop
+
+def expand_box(box: np.ndarray, margin: float, height: int, width: int) -> tuple[int, int, int, int]:
+    """The box widened by `margin` of its size (half on each side), clamped: (left, top, right, bottom)."""
+    x0, y0, x1, y1 = box[:4]
+    pad_x, pad_y = (x1 - x0) * margin / 2, (y1 - y0) * margin / 2
+    return (max(0, int(x0 - pad_x)), max(0, int(y0 - pad_y)),
+            min(width, int(math.ceil(x1 + pad_x))), min(height, int(math.ceil(y1 + pad_y))))
+
+
+def crop(frame: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray | None:
+    """The face with its margin, or None when the box leaves less than 2 x 2 pixels inside the frame."""
+    left, top, right, bottom = expand_box(box, margin, *frame.shape[:2])
+    return frame[top:bottom, left:right] if right - left >= 2 and bottom - top >= 2 else None
 
 
 def letterbox(image: np.ndarray, size: int) -> np.ndarray:
@@ -314,53 +384,111 @@ def letterbox(image: np.ndarray, size: int) -> np.ndarray:
     return canvas
 
 
+@dataclass
+class TrackInputs:
+    """Model inputs of one track, by crop size (frame models) or by model name (clip and sequence models)."""
+
+    faces: dict[int, np.ndarray] = field(default_factory=dict)    # size -> (n, S, S, 3) letterboxed crops
+    clips: dict[str, np.ndarray] = field(default_factory=dict)    # model -> (n, T, S, S, 3)
+
+
+def track_inputs(clip: Clip, track: Track, classifiers: list[Classifier], margin: float) -> TrackInputs:
+    """Letterboxed face crops of the track's detections, and fixed-box clips for the clip/sequence models."""
+    inputs = TrackInputs()
+    crops = [c for c in (crop(clip.frames[clip.keys[pos]], box, margin) for pos, box in sorted(track.boxes.items()))
+             if c is not None]
+    for classifier in classifiers:
+        spec = classifier.spec
+        if spec.kind == "frame":
+            if spec.input.size not in inputs.faces and crops:
+                inputs.faces[spec.input.size] = np.stack([letterbox(c, spec.input.size) for c in crops])
+            continue
+        runs = track_windows(clip, track, classifier.geometry)
+        stacks = []
+        for run in runs:
+            # One box per clip, at its centre frame: 3D models were trained on steady crops, not jittering ones.
+            box = track.box_at(run[len(run) // 2], clip.keys)
+            frames = [crop(clip.frames[i], box, margin) for i in run]
+            if all(f is not None for f in frames):
+                stacks.append(np.stack([letterbox(f, spec.input.size) for f in frames]))
+        if stacks:
+            inputs.clips[spec.name] = np.stack(stacks)
+    return inputs
+
+
+def track_windows(clip: Clip, track: Track, geometry: tuple[int, int, int]) -> list[list[int]]:
+    """The clip windows centred inside the track's span, else the one nearest its middle."""
+    runs = clip.windows.get(geometry, [])
+    first, last = track.span(clip.keys)
+    inside = [run for run in runs if first <= run[len(run) // 2] <= last]
+    if inside or not runs:
+        return inside
+    middle = (first + last) / 2
+    return [min(runs, key=lambda run: abs(run[len(run) // 2] - middle))]
+
+
 # ---------------------------------------------------------------------------------------------- predict
 
 class Classifier:
-    """One ensemble model with its input spec, turning face crops into P(FAKE)."""
+    """One ensemble model with its input spec, turning uint8 crops (or stacks of them) into P(FAKE)."""
 
     def __init__(self, spec, module: torch.nn.Module):
         self.spec = spec
         self.module = module
-        self.mean = torch.tensor(spec.input.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(spec.input.std).view(1, 3, 1, 1)
+        self.mean = torch.tensor(spec.input.mean, dtype=torch.float32)
+        self.std = torch.tensor(spec.input.std, dtype=torch.float32)
+        self.geometry = (spec.input.frames, spec.input.stride, spec.input.clips)
+        self.memory_format = {"frame": torch.channels_last, "clip": torch.channels_last_3d,
+                              "sequence": torch.contiguous_format}[spec.kind]
 
     def predict(self, crops: np.ndarray, accelerator: Accelerator, batch_size: int) -> np.ndarray:
-        """P(FAKE) for a stack of letterboxed uint8 crops (N, S, S, 3)."""
+        """P(FAKE) for (N, S, S, 3) face crops or (N, T, S, S, 3) clips, averaged over the TTA views."""
+        views = [crops] + [np.flip(crops, axis=-2) for name in self.spec.tta if name == "hflip"]
+        return np.mean([self._predict_view(np.ascontiguousarray(v), accelerator, batch_size) for v in views], axis=0)
+
+    def _predict_view(self, crops: np.ndarray, accelerator: Accelerator, batch_size: int) -> np.ndarray:
         scores = []
         for start in range(0, len(crops), batch_size):
-            batch = torch.from_numpy(crops[start:start + batch_size]).permute(0, 3, 1, 2).float().div_(255)
-            logits = accelerator(self.module, (batch - self.mean) / self.std).reshape(-1)
-            if self.spec.positive_class == "REAL":
-                logits = -logits
-            scores.append(torch.sigmoid(logits).numpy())
+            pixels = torch.from_numpy(crops[start:start + batch_size]).float().div_(255)
+            batch = self._layout((pixels - self.mean) / self.std)
+            scores.append(torch.sigmoid(self._logit(accelerator(self.module, batch, self.memory_format))).numpy())
         return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
+    def _layout(self, batch: torch.Tensor) -> torch.Tensor:
+        """Channels-last pixels -> the model's layout (as strided views: no copy)."""
+        if self.spec.kind == "frame":
+            return batch.permute(0, 3, 1, 2)          # N, 3, S, S
+        if self.spec.kind == "clip":
+            return batch.permute(0, 4, 1, 2, 3)       # N, 3, T, S, S
+        return batch.permute(0, 1, 4, 2, 3)           # N, T, 3, S, S
 
-def predict_faces(faces: list[Face], classifiers: list[Classifier], accelerator: Accelerator,
-                  batch_size: int) -> dict[str, np.ndarray]:
-    """Every model's P(FAKE) for every face; crops are letterboxed once per input size."""
-    letterboxed: dict[int, np.ndarray] = {}
-    scores = {}
+    def _logit(self, output: torch.Tensor) -> torch.Tensor:
+        """The logit of FAKE from an output of shape (N,), (N, 1) or (N, 2) (column 1 = positive_class)."""
+        if output.dim() == 2 and output.shape[1] == 2:
+            logit = output[:, 1] - output[:, 0]
+        elif output.dim() == 2 and output.shape[1] == 1 or output.dim() == 1:
+            logit = output.reshape(-1)
+        else:
+            raise ValueError(f"model {self.spec.name} returned shape {tuple(output.shape)}; expected N, N x 1 or N x 2")
+        return -logit if self.spec.positive_class == "REAL" else logit
+
+
+def score_tracks(inputs: list[TrackInputs], classifiers: list[Classifier], accelerator: Accelerator,
+                 batch_size: int) -> dict[str, list[float]]:
+    """Per model, one score per track (NaN where it has no input): its aggregation of frame or clip scores."""
+    scores: dict[str, list[float]] = {}
     for classifier in classifiers:
-        size = classifier.spec.input.size
-        if size not in letterboxed:
-            letterboxed[size] = np.stack([letterbox(face.crop, size) for face in faces])
-        scores[classifier.spec.name] = classifier.predict(letterboxed[size], accelerator, batch_size)
+        spec = classifier.spec
+        stacks = [t.faces.get(spec.input.size) if spec.kind == "frame" else t.clips.get(spec.name) for t in inputs]
+        present = [i for i, stack in enumerate(stacks) if stack is not None]
+        per_track = [math.nan] * len(stacks)
+        if present:  # one batched run over all tracks of the video, split back per track
+            flat = classifier.predict(np.concatenate([stacks[i] for i in present]), accelerator, batch_size)
+            parts = np.split(flat, np.cumsum([len(stacks[i]) for i in present])[:-1])
+            for i, part in zip(present, parts):
+                per_track[i] = blending.aggregate_frames(part, spec.aggregation)
+        scores[spec.name] = per_track
     return scores
-
-
-# ---------------------------------------------------------------------------------------------- blend
-
-def video_scores(faces: list[Face], face_scores: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per model: a frame scores its most suspicious face, the video the mean of its frames."""
-    result = {}
-    for name, scores in face_scores.items():
-        per_frame: dict[int, float] = {}
-        for face, score in zip(faces, scores):
-            per_frame[face.frame] = max(per_frame.get(face.frame, 0.0), float(score))
-        result[name] = blending.aggregate_frames(list(per_frame.values()))
-    return result
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -381,9 +509,12 @@ class VideoResult:
 
     filename: str
     label: float
-    frames_read: int = 0
+    frames_read: int = 0           # key frames, evenly spaced: what detection and frame models see
+    frames_decoded: int = 0        # key frames plus the clip windows of clip and sequence models
     reader: str | None = None
     faces_per_frame: list[int] = field(default_factory=list)
+    track_lengths: list[int] = field(default_factory=list)
+    track_scores: dict[str, list[float | None]] = field(default_factory=dict)
     model_scores: dict[str, float | None] = field(default_factory=dict)
     blended: float | None = None
     fallback: bool = False
@@ -404,6 +535,7 @@ class Kernel:
         detector = BlazeFaceDetector(self.ensemble.build_detector(), min_score=spec.min_score)
         self.detector = FaceDetector(detector, spec, self.accelerator, self.batch_size)
         self.classifiers = [Classifier(m, self.ensemble.build_model(m)) for m in self.ensemble.models]
+        self.geometries = sorted({c.geometry for c in self.classifiers if c.spec.kind != "frame"})
         self.blend_weights = {m.name: m.weight for m in self.ensemble.models}
 
     def process(self, path: Path) -> VideoResult:
@@ -412,25 +544,32 @@ class Kernel:
         result = VideoResult(filename=path.name, label=blend.fallback)
         try:
             with timed(result.seconds, "read"):
-                clip = read_frames(path, self.frames_per_video)
-            result.frames_read, result.reader = len(clip.frames), clip.reader
+                clip = read_frames(path, self.frames_per_video, self.geometries)
+            result.frames_read, result.frames_decoded, result.reader = len(clip.keys), len(clip.frames), clip.reader
             with timed(result.seconds, "detect"):
-                boxes = self.detector.detect(clip.frames)
+                boxes = self.detector.detect([clip.frames[k] for k in clip.keys])
+                tracks = link_tracks(boxes, self.ensemble.tracks)
             result.faces_per_frame = [len(b) for b in boxes]
-            with timed(result.seconds, "crop"):
-                faces = crop_faces(clip.frames, boxes, self.ensemble.detector.margin)
-            if not faces:
+            result.track_lengths = [len(t.boxes) for t in tracks]
+            if not tracks:
                 result.fallback, result.error = True, "no face found"
                 return result
+            with timed(result.seconds, "crop"):
+                inputs = [track_inputs(clip, t, self.classifiers, self.ensemble.detector.margin) for t in tracks]
+            del clip  # the decoded frames are the bulk of a video's memory
             with timed(result.seconds, "predict"):
-                face_scores = predict_faces(faces, self.classifiers, self.accelerator, self.batch_size)
+                track_scores = score_tracks(inputs, self.classifiers, self.accelerator, self.batch_size)
             with timed(result.seconds, "blend"):
-                scores = video_scores(faces, face_scores)
-                result.model_scores = {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
-                blended = blending.blend_models(scores, self.blend_weights)
-                result.blended = blended if math.isfinite(blended) else None
-                result.label = blending.clip_prediction(blended, blend.clip, blend.fallback)
+                scores = {name: blending.combine_tracks(per_track, self.ensemble.tracks.video_score)
+                          for name, per_track in track_scores.items()}
+                result.track_scores = {k: [_finite_or_none(v) for v in vs] for k, vs in track_scores.items()}
+                result.model_scores = {k: _finite_or_none(v) for k, v in scores.items()}
+                result.blended = _finite_or_none(blending.blend_models(scores, self.blend_weights))
+                result.label = blending.clip_prediction(result.blended if result.blended is not None else math.nan,
+                                                        blend.clip, blend.fallback)
                 result.fallback = result.blended is None
+                if result.fallback:
+                    result.error = "no model could score the faces"
         except Exception as error:  # one bad video must never cost the submission
             log.warning("%s: %s: %s; writing the fallback %.2f", path.name, type(error).__name__, error,
                         blend.fallback)
@@ -439,6 +578,10 @@ class Kernel:
         finally:
             result.device = str(self.accelerator.device)
         return result
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 # ---------------------------------------------------------------------------------------------- write

@@ -86,7 +86,7 @@ def test_device_failure_mid_run_falls_back_to_cpu(sample_videos, ensemble_path, 
     real_forward = kernel.Accelerator._forward
     calls = {"gpu": 0}
 
-    def flaky_gpu(self, module, batch):
+    def flaky_gpu(self, module, batch, memory_format):
         if self.device.type == "cuda":
             calls["gpu"] += 1
             if calls["gpu"] > 3:
@@ -94,10 +94,10 @@ def test_device_failure_mid_run_falls_back_to_cpu(sample_videos, ensemble_path, 
             cpu = self.device
             self.device = torch.device("cpu")  # the simulated GPU computes on the CPU
             try:
-                return real_forward(self, module, batch)
+                return real_forward(self, module, batch, memory_format)
             finally:
                 self.device = cpu
-        return real_forward(self, module, batch)
+        return real_forward(self, module, batch, memory_format)
 
     monkeypatch.setattr(kernel.Accelerator, "_forward", flaky_gpu)
     (tmp_path / "gpu").mkdir()
@@ -143,10 +143,14 @@ def test_sample_indices_are_evenly_spaced_and_bounded():
 
 def test_pyav_and_opencv_read_the_same_frames(sample_videos):
     path = sample_videos["face_1080p.mp4"]
-    pyav = kernel._read_pyav(path, 5)
-    opencv = kernel._read_opencv(path, 5)
-    assert pyav.indices == opencv.indices == [0, 15, 30, 44, 59]
-    for a, b in zip(pyav.frames, opencv.frames):
+    geometry = (4, 2, 2)  # 2 clip windows of 4 frames, 2 apart
+    pyav = kernel._read_pyav(path, 5, [geometry])
+    opencv = kernel._read_opencv(path, 5, [geometry])
+    assert pyav.keys == opencv.keys == [0, 15, 30, 44, 59]
+    assert pyav.windows == opencv.windows == {geometry: [[0, 2, 4, 6], [53, 55, 57, 59]]}
+    assert sorted(pyav.frames) == sorted(opencv.frames) == [0, 2, 4, 6, 15, 30, 44, 53, 55, 57, 59]
+    for index in pyav.frames:
+        a, b = pyav.frames[index], opencv.frames[index]
         assert a.shape == b.shape == (1080, 1920, 3)
         assert np.abs(a.astype(int) - b.astype(int)).mean() < 3  # colour conversion differs by rounding only
 
@@ -157,15 +161,15 @@ def test_opencv_fallback_when_pyav_fails(sample_videos, monkeypatch):
 
     monkeypatch.setattr(kernel.av, "open", broken)
     clip = kernel.read_frames(sample_videos["face_1080p.mp4"], 4)
-    assert clip.reader == "opencv" and len(clip.frames) == 4
+    assert clip.reader == "opencv" and len(clip.keys) == len(clip.frames) == 4
 
 
 def test_rotation_metadata_is_respected(tmp_path):
     spec = SampleSpec("rotated.mp4", 320, 180, True)
     frames = list(render_frames(spec, 3, face_scale=0.3))
     path = set_display_rotation(write_video(tmp_path / spec.name, frames, 320, 180), 90)
-    pyav = kernel._read_pyav(path, 3)
-    opencv = kernel._read_opencv(path, 3)
+    pyav = kernel._read_pyav(path, 3, ())
+    opencv = kernel._read_opencv(path, 3, ())
     upright = cv2.rotate(frames[0], cv2.ROTATE_90_CLOCKWISE)
     assert pyav.frames[0].shape == opencv.frames[0].shape == (320, 180, 3)
     assert np.abs(pyav.frames[0].astype(int) - upright.astype(int)).mean() < 6
@@ -193,11 +197,11 @@ def test_letterbox_keeps_aspect_and_centres():
     assert rows.min() == 64 and rows.max() == 191  # 128 rows of image, centred
 
 
-def test_crop_faces_adds_margin_and_clamps():
+def test_crop_adds_margin_and_clamps():
     frame = np.zeros((100, 200, 3), np.uint8)
-    boxes = [np.array([[10, 10, 60, 60, 0.9], [180, 80, 220, 120, 0.8]], np.float32)]
-    faces = kernel.crop_faces([frame], boxes, margin=0.2)
-    assert [face.crop.shape[:2] for face in faces] == [(60, 60), (24, 24)]
+    assert kernel.crop(frame, np.array([10, 10, 60, 60, 0.9]), margin=0.2).shape[:2] == (60, 60)
+    assert kernel.crop(frame, np.array([180, 80, 220, 120, 0.8]), margin=0.2).shape[:2] == (24, 24)
+    assert kernel.crop(frame, np.array([300, 10, 340, 60, 0.8]), margin=0.2) is None  # outside the frame
 
 
 # ---------------------------------------------------------------------------------------------- writing

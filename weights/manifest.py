@@ -12,37 +12,84 @@ from pathlib import Path
 from torch import nn
 
 from weights.checkpoint import WeightsError, load_checkpoint
+from weights.onnx_runtime import OnnxModule
 from weights.registry import create_model
 
 FORMAT_VERSION = 1
 
 
+MODEL_KINDS = ("frame", "clip", "sequence")
+AGGREGATIONS = ("mean", "confident", "confidence_weighted")
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """How a model wants its face crop: square side, and per-channel normalisation of RGB in [0, 1]."""
+    """How a model wants its input: square face crops, normalised per channel from RGB in [0, 1].
+
+    Clip (3D CNN, N x 3 x T x S x S) and sequence (temporal 2D, N x T x 3 x S x S) models also say how many
+    frames T a clip holds, `stride` video frames apart, and how many clips per video to score.
+    """
 
     size: int
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    frames: int = 1
+    stride: int = 1
+    clips: int = 4
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One classifier of the ensemble; its logit is for `positive_class` (MesoNet predicts REAL)."""
+    """One classifier of the ensemble: name + arch (+ its kwargs) + checkpoint + input spec.
+
+    Its logit is for `positive_class` (MesoNet predicts REAL); with two outputs, column 1 is that class.
+    `runtime` "onnx" runs the exported `onnx` file with onnxruntime instead of the PyTorch checkpoint.
+    """
 
     name: str
     arch: str
     checkpoint: str
     sha256: str
     input: InputSpec
+    kind: str = "frame"
+    arch_kwargs: dict = field(default_factory=dict)
     positive_class: str = "FAKE"
     weight: float = 1.0
+    tta: tuple[str, ...] = ()
+    aggregation: str = "mean"
+    runtime: str = "torch"
+    onnx: str | None = None
+    onnx_sha256: str | None = None
 
     def __post_init__(self):
-        if self.positive_class not in ("FAKE", "REAL"):
-            raise WeightsError(f"model {self.name}: positive_class must be FAKE or REAL, not {self.positive_class!r}")
-        if self.weight < 0:
-            raise WeightsError(f"model {self.name}: blend weight must be >= 0, not {self.weight}")
+        checks = [
+            (self.kind in MODEL_KINDS, f"kind must be one of {MODEL_KINDS}, not {self.kind!r}"),
+            (self.positive_class in ("FAKE", "REAL"), f"positive_class must be FAKE or REAL, not {self.positive_class!r}"),
+            (self.weight >= 0, f"blend weight must be >= 0, not {self.weight}"),
+            (set(self.tta) <= {"hflip"}, f"tta may only list 'hflip', not {list(self.tta)}"),
+            (self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}, not {self.aggregation!r}"),
+            (self.runtime in ("torch", "onnx"), f"runtime must be torch or onnx, not {self.runtime!r}"),
+            (self.runtime == "torch" or (self.onnx and self.onnx_sha256), "runtime onnx needs onnx and onnx_sha256"),
+            ((self.kind == "frame") == (self.input.frames == 1), "frame models take 1 frame, clip and sequence models more"),
+            (self.input.stride >= 1 and self.input.clips >= 1, "input stride and clips must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise WeightsError(f"model {self.name}: {message}")
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    """How detections on the sampled frames are linked into per-person face tracks, and tracks into a score."""
+
+    iou: float = 0.25          # a detection joins the track whose last box overlaps it most, above this
+    max_gap: int = 3           # sampled frames a track may miss before it ends
+    min_detections: int = 3    # shorter tracks are false positives, unless no track is longer
+    video_score: str = "max"   # of the track scores: usually only one face in a DFDC video is fake
+
+    def __post_init__(self):
+        if self.video_score not in ("max", "mean"):
+            raise WeightsError(f"tracks.video_score must be max or mean, not {self.video_score!r}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +128,7 @@ class Ensemble:
     detector: DetectorSpec
     models: tuple[ModelSpec, ...]
     blend: BlendSpec = field(default_factory=BlendSpec)
+    tracks: TrackSpec = field(default_factory=TrackSpec)
 
     def __post_init__(self):
         if not self.models:
@@ -96,8 +144,10 @@ class Ensemble:
         return _build(self.detector.arch, self.root / self.detector.checkpoint, self.detector.sha256)
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
-        """One classifier with its weights loaded strictly, in eval mode."""
-        return _build(spec.arch, self.root / spec.checkpoint, spec.sha256)
+        """One classifier with its weights loaded strictly (or its hash-checked ONNX session), in eval mode."""
+        if spec.runtime == "onnx":
+            return OnnxModule(self.root / spec.onnx, spec.onnx_sha256)
+        return load_checkpoint(create_model(spec.arch, **spec.arch_kwargs), self.root / spec.checkpoint, spec.sha256)
 
     def to_json(self) -> dict:
         """The manifest as written to disk (without `root`)."""
@@ -106,6 +156,7 @@ class Ensemble:
             "detector": asdict(self.detector),
             "models": [asdict(m) for m in self.models],
             "blend": asdict(self.blend),
+            "tracks": asdict(self.tracks),
         }
 
     def save(self, path: Path) -> None:
@@ -129,15 +180,15 @@ def load_ensemble(path: Path) -> Ensemble:
     if data.get("format") != FORMAT_VERSION:
         raise WeightsError(f"{path}: unsupported manifest format {data.get('format')!r}, expected {FORMAT_VERSION}")
     try:
-        detector = data["detector"]
-        detector = DetectorSpec(**{**detector, "tile_scales": tuple(detector.get("tile_scales", (1.0, 0.5)))})
-        models = tuple(
-            ModelSpec(**{**m, "input": InputSpec(**{k: tuple(v) if isinstance(v, list) else v
-                                                    for k, v in m["input"].items()})})
-            for m in data["models"]
-        )
-        blend = data.get("blend", {})
-        blend = BlendSpec(**{**blend, "clip": tuple(blend.get("clip", (0.01, 0.99)))})
+        detector = _parse(DetectorSpec, data["detector"])
+        models = tuple(_parse(ModelSpec, {**m, "input": _parse(InputSpec, m["input"])}) for m in data["models"])
+        blend = _parse(BlendSpec, data.get("blend", {}))
+        tracks = _parse(TrackSpec, data.get("tracks", {}))
     except (KeyError, TypeError) as error:
         raise WeightsError(f"{path}: malformed manifest entry: {error}") from None
-    return Ensemble(root=path.parent, detector=detector, models=models, blend=blend)
+    return Ensemble(root=path.parent, detector=detector, models=models, blend=blend, tracks=tracks)
+
+
+def _parse(spec_class, entry: dict):
+    """A spec from its JSON object: JSON lists become the tuples the specs hold."""
+    return spec_class(**{key: tuple(value) if isinstance(value, list) else value for key, value in entry.items()})
