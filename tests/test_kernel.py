@@ -1,8 +1,6 @@
 """kernel.py end to end on synthetic and real DFDC videos, and its pieces: reading, tiling, writing, fallback."""
 from __future__ import annotations
 
-import csv
-import json
 import shutil
 import subprocess
 import sys
@@ -15,24 +13,7 @@ import torch
 
 import kernel
 from bench.samples import SampleSpec, render_frames, set_display_rotation, write_video
-
-
-def read_rows(path: Path) -> dict[str, float]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert all(list(row) == ["filename", "label"] for row in rows)
-    return {row["filename"]: float(row["label"]) for row in rows}
-
-
-def read_report(path: Path) -> dict[str, dict]:
-    return {entry["filename"]: entry for entry in map(json.loads, path.read_text().splitlines())}
-
-
-def run_kernel(videos: Path, out_dir: Path, ensemble: Path, *extra: str) -> tuple[dict, dict]:
-    out, report = out_dir / "submission.csv", out_dir / "report.jsonl"
-    assert kernel.main(["--videos", str(videos), "--out", str(out), "--report", str(report),
-                        "--ensemble", str(ensemble), *extra]) == 0
-    return read_rows(out), read_report(report)
+from tests.helpers import read_rows, run_kernel
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +146,7 @@ def test_opencv_fallback_when_pyav_fails(sample_videos, monkeypatch):
 
 
 def test_rotation_metadata_is_respected(tmp_path):
-    spec = SampleSpec("rotated.mp4", 320, 180, True)
+    spec = SampleSpec("rotated.mp4", 320, 180, 1)
     frames = list(render_frames(spec, 3, face_scale=0.3))
     path = set_display_rotation(write_video(tmp_path / spec.name, frames, 320, 180), 90)
     pyav = kernel._read_pyav(path, 3, ())

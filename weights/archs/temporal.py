@@ -88,7 +88,16 @@ class SpatialPyramidPool(nn.Module):
         return sum(level * level for level in self.levels)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.adaptive_max_pool2d(feature_map, level).flatten(1) for level in self.levels], dim=1)
+        return torch.cat([self._pool(feature_map, level).flatten(1) for level in self.levels], dim=1)
+
+    @staticmethod
+    def _pool(feature_map: torch.Tensor, level: int) -> torch.Tensor:
+        # Where the level divides the map, a plain max pool gives the same cells and exports to ONNX,
+        # which has no adaptive max pool.
+        height, width = feature_map.shape[-2:]
+        if height % level == 0 and width % level == 0:
+            return F.max_pool2d(feature_map, (height // level, width // level))
+        return F.adaptive_max_pool2d(feature_map, level)
 
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU}
