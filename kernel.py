@@ -420,10 +420,10 @@ def letterbox(image: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass
 class TrackInputs:
-    """Model inputs of one track, by crop size (frame models) or by model name (clip and sequence models)."""
+    """Model inputs of one track, by crop size (frame models) or by clip geometry and size (the others)."""
 
     faces: dict[int, np.ndarray] = field(default_factory=dict)    # size -> (n, S, S, 3) letterboxed crops
-    clips: dict[str, np.ndarray] = field(default_factory=dict)    # model -> (n, T, S, S, 3)
+    clips: dict[tuple, np.ndarray] = field(default_factory=dict)  # (T, stride, clips, S) -> (n, T, S, S, 3)
 
 
 def track_inputs(clip: Clip, track: Track, classifiers: list[Classifier], margin: float) -> TrackInputs:
@@ -437,6 +437,8 @@ def track_inputs(clip: Clip, track: Track, classifiers: list[Classifier], margin
             if spec.input.size not in inputs.faces and crops:
                 inputs.faces[spec.input.size] = np.stack([letterbox(c, spec.input.size) for c in crops])
             continue
+        if classifier.clip_key in inputs.clips:
+            continue
         runs = track_windows(clip, track, classifier.geometry)
         stacks = []
         for run in runs:
@@ -446,7 +448,7 @@ def track_inputs(clip: Clip, track: Track, classifiers: list[Classifier], margin
             if all(f is not None for f in frames):
                 stacks.append(np.stack([letterbox(f, spec.input.size) for f in frames]))
         if stacks:
-            inputs.clips[spec.name] = np.stack(stacks)
+            inputs.clips[classifier.clip_key] = np.stack(stacks)
     return inputs
 
 
@@ -472,6 +474,7 @@ class Classifier:
         self.mean = torch.tensor(spec.input.mean, dtype=torch.float32)
         self.std = torch.tensor(spec.input.std, dtype=torch.float32)
         self.geometry = (spec.input.frames, spec.input.stride, spec.input.clips)
+        self.clip_key = (*self.geometry, spec.input.size)
         self.memory_format = {"frame": torch.channels_last, "clip": torch.channels_last_3d,
                               "sequence": torch.contiguous_format}[spec.kind]
 
@@ -513,7 +516,8 @@ def score_tracks(inputs: list[TrackInputs], classifiers: list[Classifier], accel
     scores: dict[str, list[float]] = {}
     for classifier in classifiers:
         spec = classifier.spec
-        stacks = [t.faces.get(spec.input.size) if spec.kind == "frame" else t.clips.get(spec.name) for t in inputs]
+        stacks = [t.faces.get(spec.input.size) if spec.kind == "frame" else t.clips.get(classifier.clip_key)
+                  for t in inputs]
         present = [i for i, stack in enumerate(stacks) if stack is not None]
         per_track = [math.nan] * len(stacks)
         if present:  # one batched run over all tracks of the video, split back per track
