@@ -56,6 +56,7 @@ def test_real_dfdc_clips_faces_in_90_percent_of_frames(shared, ensemble_path, tm
         assert entry["frames_read"] == 32 and entry["reader"] == "pyav"
         found = sum(n >= 1 for n in entry["faces_per_frame"])
         assert found >= 0.9 * 32, f"{name}: faces in only {found}/32 frames"
+        assert len(entry["track_lengths"]) == 1, entry["track_lengths"]  # one person per clip: one track
         assert 0.01 <= rows[name] <= 0.99 and not entry["fallback"]
 
 
