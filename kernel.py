@@ -143,11 +143,13 @@ def sample_indices(total: int, count: int) -> list[int]:
 
 
 def clip_windows(total: int, keys: list[int], geometry: tuple[int, int, int]) -> list[list[int]]:
-    """`clips` runs of `frames` indices `stride` apart, centred on evenly spaced key frames, inside the video."""
+    """`clips` runs of `frames` indices `stride` apart, centred on key frames in the middle of equal parts of
+    the video (not on its first and last frames, often fades), inside the video."""
     frames, stride, clips = geometry
     span = (frames - 1) * stride
+    centres = sorted({keys[int((part + 0.5) * len(keys) / clips)] for part in range(clips)}) if keys else []
     windows = []
-    for centre in (keys[i] for i in sample_indices(len(keys), clips)):
+    for centre in centres:
         start = min(max(0, centre - span // 2), max(0, total - 1 - span))
         windows.append([min(start + step * stride, total - 1) for step in range(frames)])
     return windows
@@ -168,7 +170,12 @@ def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def read_frames(path: Path, count: int, geometries=()) -> Clip:
-    """Decode the planned frames: PyAV with threaded decoding first, OpenCV grab/retrieve as the fallback."""
+    """Decode the planned frames: PyAV with threaded decoding first, OpenCV grab/retrieve as the fallback.
+
+    A folder is read as a video of its image files in name order (VidTIMIT keeps its videos that way).
+    """
+    if path.is_dir():
+        return _read_frame_folder(path, count, geometries)
     try:
         return _read_pyav(path, count, geometries)
     except Exception as pyav_error:
@@ -202,6 +209,19 @@ def _read_pyav(path: Path, count: int, geometries) -> Clip:
             if index >= last:
                 break
     return _decoded_clip(frames, keys, windows, "pyav")
+
+
+def _read_frame_folder(folder: Path, count: int, geometries) -> Clip:
+    # VidTIMIT names its JPEG frames 001, 002, ... without an extension: OpenCV reads them by content.
+    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
+                   key=lambda p: (len(p.stem), p.name))
+    keys, windows, wanted = plan_frames(len(files), count, geometries)
+    frames = {}
+    for index in sorted(wanted):
+        bgr = cv2.imread(str(files[index]))
+        if bgr is not None:
+            frames[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return _decoded_clip(frames, keys, windows, "frames")
 
 
 def _read_opencv(path: Path, count: int, geometries) -> Clip:
@@ -514,22 +534,29 @@ class Classifier:
 
 
 def score_tracks(inputs: list[TrackInputs], classifiers: list[Classifier], accelerator: Accelerator,
-                 batch_size: int) -> dict[str, list[float]]:
-    """Per model, one score per track (NaN where it has no input): its aggregation of frame or clip scores."""
-    scores: dict[str, list[float]] = {}
+                 batch_size: int) -> dict[str, list[np.ndarray]]:
+    """Per model, per track, the P(FAKE) of each of its frames (or clips); empty where the track has no input."""
+    scores: dict[str, list[np.ndarray]] = {}
     for classifier in classifiers:
         spec = classifier.spec
         stacks = [t.faces.get(spec.input.size) if spec.kind == "frame" else t.clips.get(classifier.clip_key)
                   for t in inputs]
         present = [i for i, stack in enumerate(stacks) if stack is not None]
-        per_track = [math.nan] * len(stacks)
+        per_track = [np.zeros(0, np.float32) for _ in stacks]
         if present:  # one batched run over all tracks of the video, split back per track
             flat = classifier.predict(np.concatenate([stacks[i] for i in present]), accelerator, batch_size)
-            parts = np.split(flat, np.cumsum([len(stacks[i]) for i in present])[:-1])
-            for i, part in zip(present, parts):
-                per_track[i] = blending.aggregate_frames(part, spec.aggregation)
+            for i, part in zip(present, np.split(flat, np.cumsum([len(stacks[i]) for i in present])[:-1])):
+                per_track[i] = part
         scores[spec.name] = per_track
     return scores
+
+
+# ---------------------------------------------------------------------------------------------- blend
+
+def video_score(track_frame_scores: list[np.ndarray], aggregation: str, tracks) -> float:
+    """Aggregate each track's frame (or clip) scores, then combine the tracks (max by default)."""
+    per_track = [blending.aggregate_frames(scores, aggregation) for scores in track_frame_scores]
+    return blending.combine_tracks(per_track, tracks.video_score)
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -555,7 +582,7 @@ class VideoResult:
     reader: str | None = None
     faces_per_frame: list[int] = field(default_factory=list)
     track_lengths: list[int] = field(default_factory=list)
-    track_scores: dict[str, list[float | None]] = field(default_factory=dict)
+    frame_scores: dict[str, list[list[float]]] = field(default_factory=dict)  # model -> track -> frame (or clip)
     model_scores: dict[str, float | None] = field(default_factory=dict)
     blended: float | None = None
     fallback: bool = False
@@ -574,16 +601,17 @@ class Kernel:
         self.batch_size = batch_size or (16 if self.accelerator.device.type == "cpu" else 64)
         self.detector = make_face_detector(self.ensemble, self.accelerator, self.batch_size)
         self.classifiers = [Classifier(m, self.ensemble.build_model(m)) for m in self.ensemble.models]
-        self.geometries = sorted({c.geometry for c in self.classifiers if c.spec.kind != "frame"})
         self.blend_weights = {m.name: m.weight for m in self.ensemble.models}
 
-    def process(self, path: Path) -> VideoResult:
-        """Score one video; any failure yields the fallback value and the error in the result."""
+    def process(self, path: Path, models: set[str] | None = None) -> VideoResult:
+        """Score one video with every model (or only those named); any failure yields the fallback value."""
         blend = self.ensemble.blend
         result = VideoResult(filename=path.name, label=blend.fallback)
+        classifiers = [c for c in self.classifiers if models is None or c.spec.name in models]
+        geometries = sorted({c.geometry for c in classifiers if c.spec.kind != "frame"})
         try:
             with timed(result.seconds, "read"):
-                clip = read_frames(path, self.frames_per_video, self.geometries)
+                clip = read_frames(path, self.frames_per_video, geometries)
             result.frames_read, result.frames_decoded, result.reader = len(clip.keys), len(clip.frames), clip.reader
             with timed(result.seconds, "detect"):
                 boxes = self.detector.detect([clip.frames[k] for k in clip.keys])
@@ -594,14 +622,14 @@ class Kernel:
                 result.fallback, result.error = True, "no face found"
                 return result
             with timed(result.seconds, "crop"):
-                inputs = [track_inputs(clip, t, self.classifiers, self.ensemble.detector.margin) for t in tracks]
+                inputs = [track_inputs(clip, t, classifiers, self.ensemble.detector.margin) for t in tracks]
             del clip  # the decoded frames are the bulk of a video's memory
             with timed(result.seconds, "predict"):
-                track_scores = score_tracks(inputs, self.classifiers, self.accelerator, self.batch_size)
+                frame_scores = score_tracks(inputs, classifiers, self.accelerator, self.batch_size)
             with timed(result.seconds, "blend"):
-                scores = {name: blending.combine_tracks(per_track, self.ensemble.tracks.video_score)
-                          for name, per_track in track_scores.items()}
-                result.track_scores = {k: [_finite_or_none(v) for v in vs] for k, vs in track_scores.items()}
+                scores = {c.spec.name: video_score(frame_scores[c.spec.name], c.spec.aggregation, self.ensemble.tracks)
+                          for c in classifiers}
+                result.frame_scores = {k: [track.tolist() for track in v] for k, v in frame_scores.items()}
                 result.model_scores = {k: _finite_or_none(v) for k, v in scores.items()}
                 result.blended = _finite_or_none(blending.blend_models(scores, self.blend_weights))
                 result.label = blending.clip_prediction(result.blended if result.blended is not None else math.nan,

@@ -1,0 +1,81 @@
+"""Tune frames per video and the clip bounds on a local-LB set.
+
+    python bench/tune.py --set dfdc --frames 17,32,48,64 [--root DIR] [--ensemble PATH] [--png PATH]
+
+Prints blend log loss against frames per video (and writes a PNG), then the clip [lo, hi] chosen by
+cross-validation over videos at the best frame count, with the log loss with and without clipping.
+Every frame count goes through the local-LB cache, so a repeated sweep computes only new counts.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np
+from matplotlib.figure import Figure
+
+import blending
+import kernel
+from bench.local_lb import LB_DIR, PredictionCache, add_set_arguments, evaluate, labelled_videos, model_scores
+from bench.metrics import format_table
+from blending.fit import choose_clip, log_loss
+
+
+def unclipped_blend(scores: np.ndarray, ensemble) -> np.ndarray:
+    """The blend of each video before clipping (NaN where no model scored)."""
+    weights = {m.name: m.weight for m in ensemble.models}
+    names = [m.name for m in ensemble.models]
+    return np.array([blending.blend_models(dict(zip(names, row.tolist())), weights) for row in scores])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_set_arguments(parser)
+    parser.add_argument("--frames", default="17,32,48,64")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--png", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.set is None:
+        parser.error("--set is required")
+    videos, _ = labelled_videos(args)
+    labels = np.array([v.label for v in videos])
+    manifest = args.ensemble or kernel.default_ensemble()
+    cache = PredictionCache(args.cache)
+
+    losses, blends = {}, {}
+    for count in (int(f) for f in args.frames.split(",")):
+        runner = kernel.Kernel(manifest, count, args.device)
+        ensemble = runner.ensemble
+        blends[count] = unclipped_blend(model_scores(evaluate(videos, runner, cache), ensemble), ensemble)
+        clipped = [blending.clip_prediction(p, ensemble.blend.clip, ensemble.blend.fallback) for p in blends[count]]
+        losses[count] = log_loss(labels, clipped)
+    print(f"{args.set}: {len(videos)} videos, blend log loss (manifest clip {ensemble.blend.clip}) by frames per video")
+    print(format_table(["frames", "log loss"], [[str(c), f"{loss:.4f}"] for c, loss in losses.items()]))
+    png = args.png or LB_DIR / f"{args.set}_frames.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    figure = Figure(figsize=(5, 3.5))
+    axes = figure.subplots()
+    axes.plot(list(losses), list(losses.values()), marker="o")
+    axes.set(xlabel="frames per video", ylabel="log loss", title=f"{args.set}: blend, n={len(videos)}")
+    figure.savefig(png, dpi=100, bbox_inches="tight")
+    print(f"plot: {png}")
+
+    best = min(losses, key=losses.get)
+    folds = min(args.folds, len(videos))
+    if folds >= 2:
+        clip = choose_clip(labels, blends[best], folds=folds, fallback=ensemble.blend.fallback)
+        print(f"clip at {best} frames, chosen by {folds}-fold cross-validation over videos: "
+              f"[{clip['lo']}, {clip['hi']}]; log loss unclipped {clip['log_loss_unclipped']:.4f}, "
+              f"clipped {clip['log_loss_clipped']:.4f}, cross-validated clipped {clip['cv_log_loss_clipped']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

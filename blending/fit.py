@@ -1,0 +1,187 @@
+"""Offline fitting of the blend: model weights and the clip range, by log loss on labelled videos.
+
+Pure functions on arrays (labels: 1 = FAKE; predictions: P(FAKE), one row per video, one column per model).
+The kernel never imports this module; fitted values reach it through the manifest (see `write_blend`).
+A video whose blend is missing (NaN) is scored at `fallback`, the value the kernel writes for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import minimize
+
+from weights.manifest import load_ensemble
+
+log = logging.getLogger(__name__)
+
+KAGGLE_EPSILON = 1e-15  # Kaggle clips submissions to [eps, 1 - eps] before scoring
+CLIP_CANDIDATES = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+
+
+def log_loss(labels, predictions) -> float:
+    """Binary log loss of P(FAKE) against labels (1 = FAKE), predictions clipped as Kaggle does."""
+    labels, predictions = np.asarray(labels, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
+    if labels.shape != predictions.shape or labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"need equal-length 1-D labels and predictions, got {labels.shape} and {predictions.shape}")
+    if not np.all(np.isfinite(predictions)):
+        raise ValueError("predictions contain NaN or inf: replace missing ones by the fallback first")
+    probabilities = np.clip(predictions, KAGGLE_EPSILON, 1 - KAGGLE_EPSILON)
+    return float(-np.mean(labels * np.log(probabilities) + (1 - labels) * np.log(1 - probabilities)))
+
+
+def blend(predictions: np.ndarray, weights) -> np.ndarray:
+    """Per-row weighted mean over the models with a finite score and positive weight (as `blend_models`); else NaN."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if predictions.ndim != 2 or weights.shape != (predictions.shape[1],):
+        raise ValueError(f"need (videos, models) predictions and one weight per model, got {predictions.shape} and {weights.shape}")
+    if np.any(weights < 0):
+        raise ValueError(f"blend weights must be >= 0, got {weights}")
+    used = np.isfinite(predictions) & (weights > 0)
+    total = np.where(used, weights, 0.0).sum(axis=1)
+    weighted = (np.where(used, predictions, 0.0) * weights).sum(axis=1)
+    return np.where(total > 0, weighted / np.where(total > 0, total, 1.0), np.nan)
+
+
+def fit_weights(labels, predictions, fallback: float = 0.5) -> np.ndarray:
+    """Non-negative weights summing to 1 that minimise the blend's log loss (SLSQP from equal weights).
+
+    Never worse than equal weights on the data it is fitted on; equal weights if the optimiser fails.
+    """
+    labels, predictions = _check_inputs(labels, predictions)
+    n_models = predictions.shape[1]
+    equal = np.full(n_models, 1.0 / n_models)
+    if n_models == 1:
+        return equal
+
+    def blend_loss(weights: np.ndarray) -> float:
+        # finite-difference steps may poke just below the [0, 1] bounds
+        return log_loss(labels, _with_fallback(blend(predictions, np.clip(weights, 0.0, None)), fallback))
+
+    result = minimize(
+        blend_loss, equal, method="SLSQP", bounds=[(0.0, 1.0)] * n_models,
+        constraints=[{"type": "eq", "fun": lambda weights: weights.sum() - 1.0}],
+    )
+    if not result.success:
+        log.warning("blend weight fit failed (%s): using equal weights", result.message)
+        return equal
+    weights = np.clip(result.x, 0.0, None)
+    weights /= weights.sum()
+    # SLSQP's stopping point is not guaranteed to beat its start; the fit must never lose to equal weights
+    return weights if blend_loss(weights) <= blend_loss(equal) else equal
+
+
+def cross_validate_weights(labels, predictions, folds: int = 5, seed: int = 0, fallback: float = 0.5) -> dict:
+    """Out-of-fold log loss of weights fitted per fold vs equal weights, with each fold's fitted weights."""
+    labels, predictions = _check_inputs(labels, predictions)
+    equal = np.full(predictions.shape[1], 1.0 / predictions.shape[1])
+    fitted_out_of_fold = np.empty(len(labels))
+    equal_out_of_fold = np.empty(len(labels))
+    fold_weights = []
+    for train, test in _folds(labels, folds, seed):
+        weights = fit_weights(labels[train], predictions[train], fallback)
+        fold_weights.append([float(w) for w in weights])
+        fitted_out_of_fold[test] = _with_fallback(blend(predictions[test], weights), fallback)
+        equal_out_of_fold[test] = _with_fallback(blend(predictions[test], equal), fallback)
+    return {
+        "fitted": log_loss(labels, fitted_out_of_fold),
+        "equal": log_loss(labels, equal_out_of_fold),
+        "fold_weights": fold_weights,
+    }
+
+
+def choose_clip(labels, predictions, candidates: Sequence[float] = CLIP_CANDIDATES, folds: int = 5, seed: int = 0,
+                fallback: float = 0.5) -> dict:
+    """The symmetric clip [lo, 1 - lo] minimising log loss of the final (blended) predictions, checked out of fold.
+
+    Each fold picks its lo on the training folds and is scored on the held-out one; ties go to the smallest lo.
+    """
+    labels = _check_labels(labels)
+    predictions = np.asarray(predictions, dtype=np.float64)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"need one blended prediction per video, got {predictions.shape} for {labels.shape} labels")
+    candidates = np.array(sorted(candidates), dtype=np.float64)
+    if candidates.size == 0 or candidates[0] < 0 or candidates[-1] >= 0.5:
+        raise ValueError(f"clip candidates must lie in [0, 0.5), got {candidates.tolist()}")
+
+    def clipped_loss(rows, lo: float) -> float:
+        return log_loss(labels[rows], _clip(predictions[rows], lo, fallback))
+
+    def best_lo(rows) -> float:
+        return float(candidates[np.argmin([clipped_loss(rows, lo) for lo in candidates])])
+
+    out_of_fold = np.empty(len(labels))
+    for train, test in _folds(labels, folds, seed):
+        out_of_fold[test] = _clip(predictions[test], best_lo(train), fallback)
+    everything = np.arange(len(labels))
+    lo = best_lo(everything)
+    return {
+        "lo": lo,
+        "hi": 1.0 - lo,
+        "cv_log_loss_clipped": log_loss(labels, out_of_fold),
+        "log_loss_unclipped": log_loss(labels, _with_fallback(predictions, fallback)),
+        "log_loss_clipped": clipped_loss(everything, lo),
+    }
+
+
+def write_blend(manifest: Path, weights: dict[str, float] | None = None,
+                clip: tuple[float, float] | None = None) -> None:
+    """Rewrite the manifest's model weights (one per model, by name) and/or its blend clip range."""
+    ensemble = load_ensemble(manifest)
+    models = ensemble.models
+    if weights is not None:
+        names = {model.name for model in models}
+        if set(weights) != names:
+            raise ValueError(f"need a weight for exactly the manifest's models {sorted(names)}, got {sorted(weights)}")
+        models = tuple(dataclasses.replace(model, weight=float(weights[model.name])) for model in models)
+    blend_spec = ensemble.blend
+    if clip is not None:
+        lo, hi = float(clip[0]), float(clip[1])
+        if not lo <= blend_spec.fallback <= hi:
+            raise ValueError(f"fallback {blend_spec.fallback} lies outside the new clip range ({lo}, {hi})")
+        blend_spec = dataclasses.replace(blend_spec, clip=(lo, hi))
+    dataclasses.replace(ensemble, models=models, blend=blend_spec).save(manifest)
+
+
+def _check_labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0 or not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be a non-empty 1-D array of 0 (REAL) and 1 (FAKE)")
+    return labels.astype(np.int64)
+
+
+def _check_inputs(labels, predictions) -> tuple[np.ndarray, np.ndarray]:
+    labels = _check_labels(labels)
+    predictions = np.asarray(predictions, dtype=np.float64)
+    if predictions.ndim != 2 or predictions.shape[0] != len(labels) or predictions.shape[1] == 0:
+        raise ValueError(f"need (videos, models) predictions for {len(labels)} videos, got {predictions.shape}")
+    return labels, predictions
+
+
+def _with_fallback(predictions: np.ndarray, fallback: float) -> np.ndarray:
+    return np.where(np.isfinite(predictions), predictions, fallback)
+
+
+def _clip(predictions: np.ndarray, lo: float, fallback: float) -> np.ndarray:
+    """What the kernel writes (`clip_prediction`): clipped scores, the unclipped fallback for missing ones."""
+    return _with_fallback(np.clip(predictions, lo, 1.0 - lo), fallback)
+
+
+def _folds(labels: np.ndarray, folds: int, seed: int):
+    """(train, test) index arrays of a seeded k-fold split, stratified when each class fills every fold."""
+    if not 2 <= folds <= len(labels):
+        raise ValueError(f"need 2 <= folds <= videos ({len(labels)}), got {folds}")
+    rng = np.random.default_rng(seed)
+    if np.bincount(labels, minlength=2).min() >= folds:
+        # dealing each class in turn round-robin spreads both classes evenly and keeps folds equal in size
+        order = np.concatenate([rng.permutation(np.flatnonzero(labels == label)) for label in (0, 1)])
+    else:
+        order = rng.permutation(len(labels))
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    fold_of[order] = np.arange(len(labels)) % folds
+    for fold in range(folds):
+        yield np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
