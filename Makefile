@@ -6,11 +6,11 @@ INSTALLED := $(VENV)/.installed
 ENSEMBLE := artifacts/weights/ensemble.json
 SAMPLES := samples
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bundle clean
 
 setup: $(ENSEMBLE)
 
-$(INSTALLED): requirements.txt
+$(INSTALLED): requirements.txt requirements-kernel.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
@@ -26,5 +26,9 @@ demo: $(ENSEMBLE)
 test: $(ENSEMBLE)
 	$(PY) -m pytest -q tests
 
+bundle: $(ENSEMBLE)
+	$(PY) -m packager build --out dist
+	$(PY) -m packager verify dist
+
 clean:
-	rm -rf artifacts samples submission.csv report.jsonl
+	rm -rf artifacts samples dist submission.csv report.jsonl

@@ -9,27 +9,31 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import importlib.metadata
 import json
 import logging
 import math
 import os
+import re
+import stat
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
-import cv2
-import numpy as np
-import torch
-
 KERNEL_DIR = Path(__file__).resolve().parent
-KAGGLE_COMPETITION = Path("/kaggle/input/deepfake-detection-challenge")
-KAGGLE_OUTPUT = Path("/kaggle/working/submission.csv")
+KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT", "/kaggle/input"))  # overridable so the bundle can be verified
+KAGGLE_WORKING = Path(os.environ.get("KAGGLE_WORKING", "/kaggle/working"))
+KAGGLE_COMPETITION = KAGGLE_INPUT / "deepfake-detection-challenge"
+KAGGLE_OUTPUT = KAGGLE_WORKING / "submission.csv"
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 STAGES = ("read", "detect", "crop", "predict", "blend")
 TILE_MIN_OVERLAP = 0.25  # neighbouring tiles share a quarter of their side, so a face on a seam is whole in one
@@ -37,13 +41,72 @@ TILE_MIN_OVERLAP = 0.25  # neighbouring tiles share a quarter of their side, so 
 log = logging.getLogger("kernel")
 
 
-def _import_runtime():
-    """Import the project's runtime packages, from beside this file or from an attached Kaggle dataset."""
-    candidates = [KERNEL_DIR, *sorted(Path("/kaggle/input").glob("*"))]
-    for folder in candidates:
-        if (folder / "weights" / "__init__.py").is_file():
-            sys.path.insert(0, str(folder))
-            break
+# A distribution the image may have under another name, owning the same import package: installing ours beside
+# it would mix two copies in one folder.
+SAME_PACKAGE = {"onnxruntime-gpu": ("onnxruntime",), "onnxruntime": ("onnxruntime-gpu",),
+                "opencv-python-headless": ("opencv-python", "opencv-contrib-python",
+                                           "opencv-contrib-python-headless")}
+
+
+def find_bundle() -> Path | None:
+    """The folder holding the runtime packages: beside this file, else an attached Kaggle dataset (up to three
+    levels down, however Kaggle mounts it)."""
+    candidates = [KERNEL_DIR] + sorted(p.parents[1] for depth in ("*", "*/*", "*/*/*")
+                                       for p in KAGGLE_INPUT.glob(f"{depth}/weights/__init__.py"))
+    return next((folder for folder in candidates if (folder / "weights" / "__init__.py").is_file()), None)
+
+
+def _installed(name: str) -> bool:
+    for candidate in (name, *SAME_PACKAGE.get(name, ())):
+        try:
+            importlib.metadata.version(candidate)
+            return True
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return False
+
+
+def install_bundled_wheels(bundle: Path) -> None:
+    """pip-install, offline from the bundle's wheels/, each pinned requirement whose package is not installed.
+
+    A package the image already has is kept at its version: reinstalling torch on Kaggle costs minutes.
+    """
+    requirements, wheels = bundle / "requirements.txt", bundle / "wheels"
+    if not (requirements.is_file() and wheels.is_dir()):
+        return
+    missing = []
+    for line in requirements.read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if not requirement:
+            continue
+        if not _installed(re.split(r"[=<>!~;\[ ]", requirement, maxsplit=1)[0]):
+            missing.append(requirement)
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    built_for = _bundle_python(bundle)
+    if missing and built_for not in (None, running):  # pip would only say "no matching distribution"
+        sys.exit(f"the bundle's wheels are for Python {built_for}, this is Python {running}: "
+                 f"rebuild it with `python -m packager build --python-version {running}`")
+    if missing:
+        print(f"installing {len(missing)} packages offline from {wheels}: {' '.join(missing)}", flush=True)
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels),
+                   "--disable-pip-version-check", *missing]
+        if subprocess.run(command).returncode != 0:
+            sys.exit(f"offline install from {wheels} failed (see pip's message above): {' '.join(missing)}")
+        importlib.invalidate_caches()
+
+
+def _bundle_python(bundle: Path) -> str | None:
+    """The Python version the bundle's wheels were built for, from its bundle-manifest.json."""
+    try:
+        return json.loads((bundle / "bundle-manifest.json").read_text()).get("python_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _import_runtime(bundle: Path | None):
+    """Import the project's runtime packages from the bundle folder."""
+    if bundle is not None:
+        sys.path.insert(0, str(bundle))
     import blending
     import weights
     from weights.archs.blazeface import BlazeFaceDetector, weighted_nms
@@ -51,7 +114,16 @@ def _import_runtime():
     return blending, weights, BlazeFaceDetector, MTCNNDetector, weighted_nms
 
 
-blending, weights, BlazeFaceDetector, MTCNNDetector, weighted_nms = _import_runtime()
+BUNDLE = find_bundle()
+if BUNDLE is not None:
+    install_bundled_wheels(BUNDLE)
+
+import av  # noqa: E402  (third-party imports wait for the offline install above)
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+blending, weights, BlazeFaceDetector, MTCNNDetector, weighted_nms = _import_runtime(BUNDLE)
 
 
 # ---------------------------------------------------------------------------------------------- devices
@@ -97,11 +169,16 @@ class Accelerator:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    @property
+    def _fp16(self) -> bool:
+        return self.device.type == "cuda" and torch.cuda.is_available()
+
     def _forward(self, module: torch.nn.Module, batch: torch.Tensor, memory_format):
         if module not in self._placed:
             module.to(self.device, memory_format=memory_format)
             self._placed.append(module)
-        with torch.inference_mode():
+        # fp16 on a GPU: twice the throughput of fp32 on tensor cores, and far below log-loss precision
+        with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self._fp16):
             output = module(batch.to(self.device, non_blocking=True))
         return _to_cpu(output)
 
@@ -176,6 +253,8 @@ def read_frames(path: Path, count: int, geometries=()) -> Clip:
     """
     if path.is_dir():
         return _read_frame_folder(path, count, geometries)
+    if not stat.S_ISREG(path.stat().st_mode):  # a named pipe or a device would block the reader for ever
+        raise ValueError("not a regular file")
     try:
         return _read_pyav(path, count, geometries)
     except Exception as pyav_error:
@@ -196,6 +275,8 @@ def _decoded_clip(frames: dict[int, np.ndarray], keys, windows, reader: str) -> 
 
 def _read_pyav(path: Path, count: int, geometries) -> Clip:
     with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         total = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
@@ -257,6 +338,15 @@ def square_tiles(height: int, width: int, scales: tuple[float, ...]) -> list[tup
     return tiles
 
 
+def downsize(square: np.ndarray, size: int) -> np.ndarray:
+    """Shrink a square image to size x size: area averaging by the whole factor (OpenCV's fast path, 2.7x
+    quicker than a fractional one on 1080 px tiles), then linear for the remaining fraction."""
+    whole = square.shape[0] // size
+    if whole >= 2:
+        square = cv2.resize(square, (square.shape[1] // whole,) * 2, interpolation=cv2.INTER_AREA)
+    return cv2.resize(square, (size, size), interpolation=cv2.INTER_LINEAR if whole >= 1 else cv2.INTER_CUBIC)
+
+
 def _tile_offsets(length: int, side: int) -> list[int]:
     if length <= side:
         return [0]
@@ -296,7 +386,7 @@ class FaceDetector:
         for frame_index, frame in enumerate(frames):
             for top, left, side in self._tiles_for(frame.shape[:2], scale):
                 tile = frame[top:top + side, left:left + side]
-                inputs.append(cv2.resize(tile, (size, size), interpolation=cv2.INTER_AREA))
+                inputs.append(downsize(tile, size))
                 owners.append((frame_index, top, left, side))
         found: list[list[np.ndarray]] = [[] for _ in frames]
         for start in range(0, len(inputs), self.batch_size):
@@ -343,13 +433,15 @@ class MTCNNFaceDetector:
 
 
 def make_face_detector(ensemble, accelerator: Accelerator, batch_size: int):
-    """The manifest's detector: tiled BlazeFace, or MTCNN."""
+    """The manifest's detector: tiled BlazeFace (on onnxruntime on the CPU where exported), or MTCNN."""
     spec = ensemble.detector
     network = ensemble.build_detector()
     if spec.arch == "mtcnn":
         mtcnn = MTCNNDetector.from_model(network, thresholds=(0.6, 0.7, spec.min_score), downscale=spec.downscale)
         return MTCNNFaceDetector(mtcnn, spec, accelerator)
-    return FaceDetector(BlazeFaceDetector(network, min_score=spec.min_score), spec, accelerator, batch_size)
+    blazeface = BlazeFaceDetector(network, min_score=spec.min_score,
+                                  network=ensemble.build_detector_onnx(accelerator.device.type))
+    return FaceDetector(blazeface, spec, accelerator, batch_size)
 
 
 # ---------------------------------------------------------------------------------------------- track
@@ -577,6 +669,7 @@ class VideoResult:
 
     filename: str
     label: float
+    frames_requested: int = 0      # what the time budget allowed this video
     frames_read: int = 0           # key frames, evenly spaced: what detection and frame models see
     frames_decoded: int = 0        # key frames plus the clip windows of clip and sequence models
     reader: str | None = None
@@ -587,31 +680,126 @@ class VideoResult:
     blended: float | None = None
     fallback: bool = False
     error: str | None = None
+    skipped: bool = False          # not even read: the time budget ran out
+    budget_level: int = 0          # 0 = as configured; see TimeBudget
     device: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-class Kernel:
-    """Everything loaded once (detector, models, device), then applied to one video at a time."""
+@dataclass
+class Job:
+    """One video to score, with what the time budget allows it: `skip` says why it must not even be read."""
 
-    def __init__(self, ensemble_path: Path, frames_per_video: int, device: str, batch_size: int | None = None):
+    path: Path
+    frames: int
+    models: frozenset[str] | None = None  # None: every model
+    budget_level: int = 0
+    skip: str | None = None
+
+
+@dataclass
+class Decoded:
+    """A job after its reader thread: the clip, or the error that stopped it."""
+
+    job: Job
+    clip: Clip | None
+    error: BaseException | None
+    seconds: float
+
+
+@dataclass
+class Prepared:
+    """A video after detect and crop: its result so far and, when it has faces, its models' inputs."""
+
+    result: VideoResult
+    classifiers: list[Classifier]
+    inputs: list[TrackInputs]
+
+
+class Kernel:
+    """Everything loaded once (detector, models, device), then applied to a stream of videos.
+
+    `process` scores one video start to finish (the sequential path); `run` scores many, reader threads
+    decoding ahead while the main thread detects, and each model's crops batched across several videos.
+    """
+
+    def __init__(self, ensemble_path: Path, frames_per_video: int, device: str, batch_size: int | None = None,
+                 readers: int = 2):
         self.ensemble = weights.load_ensemble(ensemble_path)
         self.frames_per_video = frames_per_video
         self.accelerator = Accelerator(resolve_device(device))
         self.batch_size = batch_size or (16 if self.accelerator.device.type == "cpu" else 64)
         self.detector = make_face_detector(self.ensemble, self.accelerator, self.batch_size)
-        self.classifiers = [Classifier(m, self.ensemble.build_model(m)) for m in self.ensemble.models]
+        self.classifiers = [Classifier(m, self.ensemble.build_model(m, self.accelerator.device.type))
+                            for m in self.ensemble.models]
         self.blend_weights = {m.name: m.weight for m in self.ensemble.models}
+        self.readers = readers
+        # Enough videos per batch for two full batches of crops: a GPU batch of 64 at 32 frames takes 4 videos.
+        self.videos_per_batch = max(1, math.ceil(2 * self.batch_size / frames_per_video))
+
+    @property
+    def fallback(self) -> float:
+        return self.ensemble.blend.fallback
+
+    def job(self, path: Path, models: set[str] | None = None) -> Job:
+        """A job at the configured frame count."""
+        return Job(path, self.frames_per_video, frozenset(models) if models is not None else None)
 
     def process(self, path: Path, models: set[str] | None = None) -> VideoResult:
         """Score one video with every model (or only those named); any failure yields the fallback value."""
-        blend = self.ensemble.blend
-        result = VideoResult(filename=path.name, label=blend.fallback)
-        classifiers = [c for c in self.classifiers if models is None or c.spec.name in models]
-        geometries = sorted({c.geometry for c in classifiers if c.spec.kind != "frame"})
+        return self.score([self.prepare(self.read(self.job(path, models)))])[0]
+
+    def run(self, jobs: Iterator[Job]) -> Iterator[list[VideoResult]]:
+        """Results in job order, a batch of videos at a time; readers run ahead by a bounded number of videos,
+        so memory stays flat.
+
+        `jobs` is consumed lazily, one job per free reader slot, so a time budget can plan each job late.
+        """
+        prefetch = self.readers + self.videos_per_batch
+        with ThreadPoolExecutor(self.readers, thread_name_prefix="reader") as pool:
+            pending: deque[Future] = deque()
+            group: list[Prepared] = []
+
+            def top_up():
+                while len(pending) < prefetch:
+                    job = next(jobs, None)
+                    if job is None:
+                        return
+                    pending.append(pool.submit(self.read, job))
+
+            top_up()
+            while pending:
+                group.append(self.prepare(pending.popleft().result()))
+                top_up()
+                if len(group) >= self.videos_per_batch or not pending or not pending[0].done():
+                    yield self.score(group)
+                    group = []
+
+    def read(self, job: Job) -> Decoded:
+        """Decode the job's frames (in a reader thread); an error is handed on, not raised."""
+        start = time.perf_counter()
+        if job.skip:
+            return Decoded(job, None, None, 0.0)
         try:
-            with timed(result.seconds, "read"):
-                clip = read_frames(path, self.frames_per_video, geometries)
+            clip = read_frames(job.path, job.frames, self._geometries(job.models))
+            return Decoded(job, clip, None, time.perf_counter() - start)
+        except Exception as error:
+            return Decoded(job, None, error, time.perf_counter() - start)
+
+    def prepare(self, decoded: Decoded) -> Prepared:
+        """Detect, track and crop one decoded video; without faces its result is already final."""
+        job = decoded.job
+        result = VideoResult(filename=job.path.name, label=self.fallback, frames_requested=job.frames,
+                             budget_level=job.budget_level, seconds={"read": decoded.seconds})
+        classifiers = self._classifiers(job.models)
+        prepared = Prepared(result, classifiers, [])
+        try:
+            if job.skip:
+                result.skipped = True
+                raise TimeoutError(job.skip)
+            if decoded.error is not None:
+                raise decoded.error
+            clip = decoded.clip
             result.frames_read, result.frames_decoded, result.reader = len(clip.keys), len(clip.frames), clip.reader
             with timed(result.seconds, "detect"):
                 boxes = self.detector.detect([clip.frames[k] for k in clip.keys])
@@ -620,43 +808,236 @@ class Kernel:
             result.track_lengths = [len(t.boxes) for t in tracks]
             if not tracks:
                 result.fallback, result.error = True, "no face found"
-                return result
+                return prepared
             with timed(result.seconds, "crop"):
-                inputs = [track_inputs(clip, t, classifiers, self.ensemble.detector.margin) for t in tracks]
-            del clip  # the decoded frames are the bulk of a video's memory
-            with timed(result.seconds, "predict"):
-                frame_scores = score_tracks(inputs, classifiers, self.accelerator, self.batch_size)
-            with timed(result.seconds, "blend"):
-                scores = {c.spec.name: video_score(frame_scores[c.spec.name], c.spec.aggregation, self.ensemble.tracks)
-                          for c in classifiers}
-                result.frame_scores = {k: [track.tolist() for track in v] for k, v in frame_scores.items()}
-                result.model_scores = {k: _finite_or_none(v) for k, v in scores.items()}
-                result.blended = _finite_or_none(blending.blend_models(scores, self.blend_weights))
-                result.label = blending.clip_prediction(result.blended if result.blended is not None else math.nan,
-                                                        blend.clip, blend.fallback)
-                result.fallback = result.blended is None
-                if result.fallback:
-                    result.error = "no model could score the faces"
+                prepared.inputs = [track_inputs(clip, t, classifiers, self.ensemble.detector.margin) for t in tracks]
         except Exception as error:  # one bad video must never cost the submission
-            log.warning("%s: %s: %s; writing the fallback %.2f", path.name, type(error).__name__, error,
-                        blend.fallback)
-            result.label, result.fallback = blend.fallback, True
-            result.error = f"{type(error).__name__}: {error}"
-        finally:
-            result.device = str(self.accelerator.device)
-        return result
+            self._fail(result, error)
+        return prepared
+
+    def score(self, group: list[Prepared]) -> list[VideoResult]:
+        """Run each model once over the crops of every video in the group, then blend each video."""
+        scorable = [p for p in group if p.inputs]
+        try:
+            started = time.perf_counter()
+            scores = self._predict(scorable)
+            share = (time.perf_counter() - started) / max(1, len(scorable))
+            for prepared, frame_scores in zip(scorable, scores):
+                prepared.result.seconds["predict"] = share
+                with timed(prepared.result.seconds, "blend"):
+                    self._blend(prepared.result, frame_scores)
+        except Exception as error:
+            if len(scorable) > 1:  # find the one video that breaks the batch: the others keep their scores
+                return [self.score([prepared])[0] for prepared in group]
+            for prepared in scorable:
+                self._fail(prepared.result, error)
+        for prepared in group:
+            prepared.result.device = str(self.accelerator.device)
+        return [prepared.result for prepared in group]
+
+    def _predict(self, group: list[Prepared]) -> list[dict[str, list[np.ndarray]]]:
+        """Per video, per model, per track: the frame (or clip) scores; one batched run per model."""
+        per_video: list[dict[str, list[np.ndarray]]] = [{} for _ in group]
+        for classifier in self.classifiers:
+            users = [i for i, p in enumerate(group) if classifier in p.classifiers]
+            if not users:
+                continue
+            inputs = [track for i in users for track in group[i].inputs]
+            flat = score_tracks(inputs, [classifier], self.accelerator, self.batch_size)[classifier.spec.name]
+            offsets = np.cumsum([0] + [len(group[i].inputs) for i in users])
+            for i, start, stop in zip(users, offsets[:-1], offsets[1:]):
+                per_video[i][classifier.spec.name] = flat[start:stop]
+        return per_video
+
+    def _blend(self, result: VideoResult, frame_scores: dict[str, list[np.ndarray]]) -> None:
+        """Aggregate frames, combine tracks, blend the models and clip: the video's label."""
+        specs = {c.spec.name: c.spec for c in self.classifiers}
+        scores = {name: video_score(tracks, specs[name].aggregation, self.ensemble.tracks)
+                  for name, tracks in frame_scores.items()}
+        result.frame_scores = {k: [track.tolist() for track in v] for k, v in frame_scores.items()}
+        result.model_scores = {k: _finite_or_none(v) for k, v in scores.items()}
+        result.blended = _finite_or_none(blending.blend_models(scores, self.blend_weights))
+        blend = self.ensemble.blend
+        result.label = blending.clip_prediction(result.blended if result.blended is not None else math.nan,
+                                                blend.clip, blend.fallback)
+        result.fallback = result.blended is None
+        if result.fallback:
+            result.error = "no model could score the faces"
+
+    def _fail(self, result: VideoResult, error: BaseException) -> None:
+        log.warning("%s: %s: %s; writing the fallback %.2f", result.filename, type(error).__name__, error,
+                    self.fallback)
+        result.label, result.fallback = self.fallback, True
+        result.error = f"{type(error).__name__}: {error}"
+
+    def _classifiers(self, models: frozenset[str] | None) -> list[Classifier]:
+        return [c for c in self.classifiers if models is None or c.spec.name in models]
+
+    @functools.cache
+    def _geometries(self, models: frozenset[str] | None) -> list[tuple[int, int, int]]:
+        return sorted({c.geometry for c in self._classifiers(models) if c.spec.kind != "frame"})
 
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# ---------------------------------------------------------------------------------------------- budget
+
+KAGGLE_TIME_LIMIT = 9 * 3600
+KAGGLE_SAFETY_MARGIN = 30 * 60  # start-up, the offline install and writing the file come out of the same 9 hours
+
+
+class TimeBudget:
+    """Keeps the run inside `seconds` (from `started`) by projecting its finish from the measured rate.
+
+    When the projection overshoots it steps down one level, in this order, and never back up: half the frames,
+    a quarter of the frames (at least 8), then also without the models the manifest marks optional. Once even
+    the videos already in flight plus one more would not finish in time, every later video gets the fallback.
+    """
+
+    def __init__(self, seconds: float | None, started: float, total: int, frames: int, models: list[str],
+                 optional: list[str]):
+        self.seconds, self.started, self.total = seconds, started, total
+        self.models = frozenset(models)
+        self.levels = budget_levels(frames, frozenset(optional))
+        self.level = 0
+        self.planned = self.done = 0
+        self.rate: float | None = None  # seconds per video at the current level, between completions
+        self.first_rate: float | None = None  # a pessimistic stand-in (warm-up included) until `rate` is known
+        self._level_marks: list[tuple[float, int]] = []  # (time, videos) per finished batch
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.seconds
+
+    def plan(self, path: Path) -> Job:
+        """The job for the next video at the current level, or a skipped job past the point of no return."""
+        frames, dropped = self.levels[self.level]
+        job = Job(path, frames, self.models - dropped if dropped else None, budget_level=self.level)
+        in_flight = self.planned - self.done
+        self.planned += 1
+        rate = self.rate or self.first_rate
+        if self.seconds is not None and rate is not None:
+            if time.perf_counter() + (in_flight + 1) * rate > self.deadline:
+                job.skip = f"time budget of {self.seconds:.0f} s exhausted"
+        return job
+
+    def record(self, results: list[VideoResult]) -> None:
+        """A batch of videos finished: update the rate and step down a level when the finish would be late.
+
+        The rate is the time between batches over the videos they held, counting only videos planned at the
+        current level; the first such batch only starts the clock (it holds the warm-up, or the switch).
+        """
+        now = time.perf_counter()
+        self.done += len(results)
+        measured = sum(r.budget_level == self.level and not r.skipped for r in results)
+        if not measured:
+            return
+        self._level_marks.append((now, measured))
+        if len(self._level_marks) < 2:
+            if self.rate is None:  # until measured, the first batch's time with its warm-up bounds the rate
+                self.first_rate = (now - self.started) / measured
+            return
+        start = self._level_marks[0][0]
+        self.rate = (now - start) / sum(count for _, count in self._level_marks[1:])
+        if self.seconds is None or self.level + 1 >= len(self.levels):
+            return
+        projected = now + (self.total - self.done) * self.rate
+        if projected > self.deadline:
+            self.level += 1
+            frames, dropped = self.levels[self.level]
+            log.warning("projected finish %.0f s after the start is past the budget of %.0f s: now %d frames%s",
+                        projected - self.started, self.seconds, frames,
+                        f" without {', '.join(sorted(dropped))}" if dropped else "")
+            self._level_marks = []
+
+
+def budget_levels(frames: int, optional: frozenset[str]) -> list[tuple[int, frozenset[str]]]:
+    """(frames, models dropped) per level, from the configured run to the cheapest allowed."""
+    levels = [(frames, frozenset())]
+    for fewer in (frames // 2, frames // 4):
+        fewer = max(fewer, min(frames, 8))
+        if fewer < levels[-1][0]:
+            levels.append((fewer, frozenset()))
+    if optional:
+        levels.append((levels[-1][0], optional))
+    return levels
+
+
+# ---------------------------------------------------------------------------------------------- journal
+
+class Journal:
+    """Append-only record of finished videos, so a killed run resumes without redoing or duplicating any.
+
+    The first line fingerprints the run (manifest, frames, videos); a journal of another run is discarded.
+    """
+
+    def __init__(self, path: Path, fingerprint: dict):
+        self.path = path
+        self.fingerprint = fingerprint
+        self.file = None
+
+    def resume(self) -> dict[str, dict]:
+        """Finished records by file name; a line torn by a kill is dropped, and the file rewritten without it."""
+        records: dict[str, dict] = {}
+        if self.path.is_file():
+            lines = self.path.read_text(errors="replace").splitlines()
+            header = _json_or_none(lines[0]) if lines else None
+            if header == {"fingerprint": self.fingerprint}:
+                for line in lines[1:]:
+                    record = _json_or_none(line)
+                    if isinstance(record, dict) and "filename" in record and "label" in record:
+                        records[record["filename"]] = record
+            else:
+                log.warning("%s belongs to another run (manifest, frames or videos differ); starting afresh", self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with open(temporary, "w") as f:
+            f.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+            f.writelines(json.dumps(record) + "\n" for record in records.values())
+        os.replace(temporary, self.path)
+        self.file = open(self.path, "a")
+        return records
+
+    def append(self, record: dict) -> None:
+        """Record one finished video durably before it counts as done."""
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self, finished: bool) -> None:
+        """Close; a finished run's journal is removed (its rows are in the submission)."""
+        if self.file:
+            self.file.close()
+        if finished:
+            self.path.unlink(missing_ok=True)
+
+
+def _json_or_none(line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
 # ---------------------------------------------------------------------------------------------- write
 
-def find_videos(folder: Path) -> list[Path]:
-    """Video files anywhere below `folder`, sorted by name then path."""
-    videos = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
-    return sorted(videos, key=lambda p: (p.name, str(p)))
+def find_videos(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Videos anywhere below `folder` (sorted by name then path), and the other files, which are ignored.
+
+    A video is any entry with a video suffix, even one that cannot be opened (a dangling link, a folder):
+    it still gets its row.
+    """
+    videos, ignored = [], []
+    for path in folder.rglob("*"):
+        if any(parent.suffix.lower() in VIDEO_SUFFIXES for parent in path.relative_to(folder).parents):
+            continue  # inside a folder that is itself read as a video
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            videos.append(path)
+        elif path.is_file():
+            ignored.append(path)
+    return sorted(videos, key=lambda p: (p.name, str(p))), sorted(ignored)
 
 
 def submission_order(filenames: list[str], sample_submission: Path | None) -> list[str]:
@@ -672,8 +1053,9 @@ def submission_order(filenames: list[str], sample_submission: Path | None) -> li
 def write_submission(path: Path, rows: list[tuple[str, float]]) -> None:
     """Write filename,label atomically: a temporary file in the same folder, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # surrogateescape writes a file name that is not valid UTF-8 back as the bytes it has on disk
     with tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, prefix=".submission-", suffix=".csv",
-                                     delete=False) as f:
+                                     delete=False, errors="surrogateescape") as f:
         try:
             writer = csv.writer(f)
             writer.writerow(["filename", "label"])
@@ -686,28 +1068,29 @@ def write_submission(path: Path, rows: list[tuple[str, float]]) -> None:
     os.replace(f.name, path)
 
 
-def print_timings(results: list[VideoResult]) -> None:
+def print_timings(outcomes: list[dict]) -> None:
     """Median seconds per video by stage, and the total."""
     per_stage = defaultdict(list)
-    for result in results:
+    for outcome in outcomes:
+        seconds = outcome.get("seconds") or {}
         for stage in STAGES:
-            per_stage[stage].append(result.seconds.get(stage, 0.0))
-        per_stage["total"].append(sum(result.seconds.values()))
-    if results:
+            per_stage[stage].append(seconds.get(stage, 0.0))
+        per_stage["total"].append(sum(seconds.values()))
+    if outcomes:
         cells = "  ".join(f"{stage} {statistics.median(values):.3f}" for stage, values in per_stage.items())
-        print(f"median seconds per video ({len(results)} videos): {cells}")
+        print(f"median seconds per video ({len(outcomes)} videos): {cells}")
 
 
 # ---------------------------------------------------------------------------------------------- main
 
 def default_ensemble() -> Path:
-    """$DEEPFAKE_ENSEMBLE, else the locally built manifest, else one in an attached Kaggle dataset."""
+    """$DEEPFAKE_ENSEMBLE, else the locally built manifest, else the bundle's (ensemble/ensemble.json)."""
     if "DEEPFAKE_ENSEMBLE" in os.environ:
         return Path(os.environ["DEEPFAKE_ENSEMBLE"])
     local = KERNEL_DIR / "artifacts" / "weights" / "ensemble.json"
-    if local.is_file():
+    if local.is_file() or BUNDLE is None:
         return local
-    return next(iter(sorted(Path("/kaggle/input").glob("*/ensemble.json"))), local)
+    return BUNDLE / "ensemble" / "ensemble.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -722,13 +1105,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per detector or model batch (default 16 on the CPU, 64 on a GPU: "
                              "larger CPU batches fall out of cache and run slower)")
+    parser.add_argument("--readers", type=int, default=2, help="threads decoding videos ahead of inference")
+    parser.add_argument("--time-budget", type=float,
+                        default=KAGGLE_TIME_LIMIT - KAGGLE_SAFETY_MARGIN if on_kaggle else None,
+                        help="seconds the whole run may take (default on Kaggle: 9 h less 30 min; else none)")
+    parser.add_argument("--journal", type=Path, default=None,
+                        help="progress journal for resuming a killed run (default: OUT.progress.jsonl)")
     parser.add_argument("--report", type=Path, default=None, help="write one JSON line per video here")
     parser.add_argument("--sample-submission", type=Path,
                         default=KAGGLE_COMPETITION / "sample_submission.csv" if on_kaggle else None,
                         help="order rows as in this CSV (its videos always get a row)")
     args = parser.parse_args(argv)
-    if args.frames_per_video < 1 or (args.batch_size is not None and args.batch_size < 1):
-        parser.error("--frames-per-video and --batch-size must be at least 1")
+    if min(args.frames_per_video, args.readers, args.batch_size or 1) < 1:
+        parser.error("--frames-per-video, --readers and --batch-size must be at least 1")
+    if args.time_budget is not None and args.time_budget <= 0:
+        parser.error("--time-budget must be positive")
     return args
 
 
@@ -736,38 +1127,72 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     started = time.perf_counter()
-    kernel = Kernel(args.ensemble or default_ensemble(), args.frames_per_video, args.device, args.batch_size)
+    ensemble_path = args.ensemble or default_ensemble()
+    kernel = Kernel(ensemble_path, args.frames_per_video, args.device, args.batch_size, args.readers)
     log.info("loaded %d models on %s in %.1f s", len(kernel.classifiers), kernel.accelerator.device,
              time.perf_counter() - started)
 
-    videos = find_videos(args.videos)
-    log.info("%d videos under %s", len(videos), args.videos)
-    results: dict[str, VideoResult] = {}
+    videos, ignored = find_videos(args.videos)
+    log.info("%d videos under %s%s", len(videos), args.videos, f"; ignoring {len(ignored)} other files" if ignored else "")
+    fingerprint = {"manifest": weights.sha256_of(ensemble_path), "frames": args.frames_per_video,
+                   "videos": str(args.videos.resolve())}
+    journal = Journal(args.journal or args.out.with_name(args.out.name + ".progress.jsonl"), fingerprint)
+    finished = journal.resume()
+    if finished:
+        log.info("resuming: %d videos already done in %s", len(finished), journal.path)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
     report = open(args.report, "w") if args.report else None
+    labels: dict[str, float] = {}
+    outcomes: list[dict] = []  # small per-video summaries for the timing and fallback lines
+
+    def record(entry: dict) -> None:
+        labels[entry["filename"]] = entry["label"]
+        outcomes.append({key: entry.get(key) for key in ("fallback", "error", "seconds")})
+        if report:
+            report.write(json.dumps(entry) + "\n")
+            report.flush()
+
+    todo = []
+    for path in videos:
+        if path.name in labels or path.name in {p.name for p in todo}:
+            log.warning("%s: duplicate file name, keeping the first (%s)", path, path.name)
+        elif path.name in finished:
+            record(finished[path.name])
+        else:
+            todo.append(path)
+    for path in ignored:
+        if report:
+            report.write(json.dumps({"filename": path.name, "path": str(path), "ignored": "not a video file"}) + "\n")
+    optional = [m.name for m in kernel.ensemble.models if m.optional]
+    budget = TimeBudget(args.time_budget, started, len(todo), args.frames_per_video,
+                        [m.name for m in kernel.ensemble.models], optional)
+    completed = 0
     try:
-        for number, path in enumerate(videos, 1):
-            if path.name in results:
-                log.warning("%s: duplicate file name, keeping the first (%s)", path, path.name)
-                continue
-            result = kernel.process(path)
-            results[path.name] = result
-            log.info("[%d/%d] %s -> %.4f%s", number, len(videos), path.name, result.label,
-                     f" (fallback: {result.error})" if result.fallback else "")
-            if report:
-                report.write(json.dumps({**result.__dict__, "path": str(path)}) + "\n")
-                report.flush()
+        # Planned lazily, each job when a reader is free for it, so the plan follows the latest rate.
+        for batch in kernel.run(budget.plan(path) for path in todo):
+            for result in batch:
+                entry = {**result.__dict__, "path": str(todo[completed])}
+                completed += 1
+                journal.append(entry)
+                record(entry)
+                log.info("[%d/%d] %s -> %.4f%s", len(labels), len(videos), result.filename, result.label,
+                         f" (fallback: {result.error})" if result.fallback else "")
+            budget.record(batch)
+    except Exception:  # never: but if the loop itself breaks, the videos left still get their rows below
+        log.exception("the run stopped after %d of %d videos; the rest get the fallback", len(labels), len(videos))
     finally:
         if report:
             report.close()
 
-    fallback = kernel.ensemble.blend.fallback
-    order = submission_order(sorted(results), args.sample_submission)
-    rows = [(name, results[name].label if name in results else fallback) for name in order]
+    fallback = kernel.fallback
+    order = submission_order(sorted({path.name for path in videos}), args.sample_submission)
+    rows = [(name, labels.get(name, fallback)) for name in order]
     write_submission(args.out, rows)
-    print_timings(list(results.values()))
-    fallbacks = Counter(result.error for result in results.values() if result.fallback)
+    # kept when videos are missing: a rerun retries them
+    journal.close(finished=len(labels) == len({path.name for path in videos}))
+    print_timings(outcomes)
+    fallbacks = Counter(outcome["error"] for outcome in outcomes if outcome["fallback"])
     if fallbacks:  # a systematic failure shows up here as one reason repeated, not as a quiet column of 0.5
         print("fallbacks: " + "; ".join(f"{count} x {reason}" for reason, count in fallbacks.most_common()))
     print(f"wrote {len(rows)} rows to {args.out} in {time.perf_counter() - started:.1f} s")

@@ -51,7 +51,7 @@ class PredictionCache:
         identity = {
             "video": self.video_hash(video),
             "model": {"arch": spec.arch, "arch_kwargs": spec.arch_kwargs, "kind": spec.kind,
-                      "weights": spec.onnx_sha256 if spec.runtime == "onnx" else spec.sha256,
+                      "weights": [spec.sha256, spec.onnx_sha256, spec.runtime],
                       "input": dataclasses.asdict(spec.input), "tta": list(spec.tta), "positive": spec.positive_class},
             "detector": dataclasses.asdict(ensemble.detector),
             "tracks": dataclasses.asdict(ensemble.tracks),

@@ -78,13 +78,16 @@ def render_frames(spec: SampleSpec, frame_count: int, face_scale: float = 1.2):
         yield frame
 
 
-def write_video(path: Path, frames, width: int, height: int, fps: int = FPS, crf: int = 23) -> Path:
-    """Encode RGB frames as H.264 (yuv420p) in an mp4 container with PyAV."""
+def write_video(path: Path, frames, width: int, height: int, fps: int = FPS, crf: int = 23,
+                bitrate: int | None = None) -> Path:
+    """Encode RGB frames as H.264 (yuv420p) in an mp4 container with PyAV, at constant quality or `bitrate`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        stream.options = {"preset": "veryfast"} if bitrate else {"crf": str(crf), "preset": "veryfast"}
+        if bitrate:
+            stream.bit_rate = bitrate
         for rgb in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 container.mux(packet)

@@ -15,8 +15,10 @@ def read_rows(path: Path) -> dict[str, float]:
     return {row["filename"]: float(row["label"]) for row in rows}
 
 
-def read_report(path: Path) -> dict[str, dict]:
-    return {entry["filename"]: entry for entry in map(json.loads, path.read_text().splitlines())}
+def read_report(path: Path, ignored: bool = False) -> dict[str, dict]:
+    """The report's lines by file name: the videos', or (ignored=True) those of the files the kernel skipped."""
+    entries = map(json.loads, path.read_text().splitlines())
+    return {entry["filename"]: entry for entry in entries if ("ignored" in entry) == ignored}
 
 
 def run_kernel(videos: Path, out_dir: Path, ensemble: Path, *extra: str) -> tuple[dict, dict]:

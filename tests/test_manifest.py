@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from weights import WeightsError, load_ensemble
 from weights.sources import MESONET_FILES
@@ -24,18 +25,24 @@ def test_default_manifest_lists_the_four_mesonets_with_hashes(ensemble_path):
     assert all(len(m.sha256) == 64 and m.positive_class == "REAL" and m.input.size == 256 for m in ensemble.models)
     assert ensemble.blend.clip == (0.01, 0.99) and ensemble.blend.fallback == 0.5
     assert {m.weight for m in ensemble.models} == {1.0}
-    for spec in ensemble.models:
-        assert not ensemble.build_model(spec).training
+    for spec in ensemble.models:  # onnxruntime on the CPU, PyTorch on a GPU
+        assert spec.runtime == "auto" and (ensemble.root / spec.onnx).is_file()
+        assert type(ensemble.build_model(spec, "cpu")).__name__ == "OnnxModule"
+        on_gpu = ensemble.build_model(spec, "cuda")
+        assert isinstance(on_gpu, torch.nn.Module) and type(on_gpu).__name__ != "OnnxModule"
+        assert not on_gpu.training
     assert ensemble.build_detector() is not None
+    assert ensemble.build_detector_onnx("cpu") is not None and ensemble.build_detector_onnx("cuda") is None
 
 
-def test_hash_mismatch_is_an_error(manifest_copy):
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])  # onnxruntime or PyTorch: the checkpoint is checked
+def test_hash_mismatch_is_an_error(manifest_copy, device_type):
     path, data = manifest_copy
     data["models"][0]["sha256"] = "0" * 64
     path.write_text(json.dumps(data))
     ensemble = load_ensemble(path)
     with pytest.raises(WeightsError, match="sha256 mismatch"):
-        ensemble.build_model(ensemble.models[0])
+        ensemble.build_model(ensemble.models[0], device_type)
 
 
 def test_checkpoint_for_another_arch_is_an_error(manifest_copy):
@@ -44,15 +51,16 @@ def test_checkpoint_for_another_arch_is_an_error(manifest_copy):
     path.write_text(json.dumps(data))
     ensemble = load_ensemble(path)
     with pytest.raises(WeightsError, match="does not fit"):
-        ensemble.build_model(ensemble.models[0])
+        ensemble.build_model(ensemble.models[0], "cuda")  # the PyTorch model a GPU builds
 
 
-def test_missing_checkpoint_is_an_error(manifest_copy):
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_missing_checkpoint_is_an_error(manifest_copy, device_type):
     path, data = manifest_copy
     (path.parent / data["models"][1]["checkpoint"]).unlink()
     ensemble = load_ensemble(path)
     with pytest.raises(WeightsError, match="not found"):
-        ensemble.build_model(ensemble.models[1])
+        ensemble.build_model(ensemble.models[1], device_type)
 
 
 @pytest.mark.parametrize("damage,message", [
@@ -79,4 +87,4 @@ def test_unknown_arch_is_named(manifest_copy):
     path.write_text(json.dumps(data))
     ensemble = load_ensemble(path)
     with pytest.raises(KeyError, match="no_such_net"):
-        ensemble.build_model(ensemble.models[0])
+        ensemble.build_model(ensemble.models[0], "cuda")  # the PyTorch model a GPU builds

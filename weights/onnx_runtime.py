@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from weights.checkpoint import WeightsError, sha256_of
+from weights.checkpoint import check_file
 
 
 class OnnxModule(nn.Module):
@@ -19,14 +19,11 @@ class OnnxModule(nn.Module):
     def __init__(self, path: Path, sha256: str):
         super().__init__()
         path = Path(path)
-        if not path.is_file():
-            raise WeightsError(f"ONNX model not found: {path}")
-        actual = sha256_of(path)
-        if actual != sha256:
-            raise WeightsError(f"sha256 mismatch for {path}: manifest says {sha256}, file is {actual}")
+        check_file(path, sha256, what="ONNX model")
         self.path = path
         self.device = torch.device("cpu")
         self.session = self._session(self.device)
+        self.eval()
 
     def _session(self, device: torch.device):
         import onnxruntime
@@ -34,7 +31,11 @@ class OnnxModule(nn.Module):
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        return onnxruntime.InferenceSession(str(self.path), providers=providers)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        # Idle threads would otherwise spin on the cores the video readers decode on.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return onnxruntime.InferenceSession(str(self.path), options, providers=providers)
 
     def to(self, device=None, *args, **kwargs):
         device = torch.device(device) if device is not None else self.device
@@ -43,6 +44,8 @@ class OnnxModule(nn.Module):
             self.session = self._session(device)
         return self
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The model's output, or a tuple of them where the graph has several (BlazeFace: boxes and scores)."""
         feed = {self.session.get_inputs()[0].name: np.ascontiguousarray(batch.detach().cpu().numpy(), np.float32)}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        outputs = tuple(torch.from_numpy(output) for output in self.session.run(None, feed))
+        return outputs[0] if len(outputs) == 1 else outputs

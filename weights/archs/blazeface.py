@@ -220,16 +220,18 @@ Forward = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 class BlazeFaceDetector:
     """Normalise -> BlazeFace -> decode -> blended NMS, for square RGB images already at the model's input size."""
 
-    def __init__(self, model: BlazeFace, variant: str | None = None, min_score: float | None = None):
+    def __init__(self, model: BlazeFace, variant: str | None = None, min_score: float | None = None,
+                 network: nn.Module | None = None):
+        """`network` replaces PixelInputBlazeFace(model) where given (an onnxruntime session of it, say)."""
         self.variant = variant or model.variant
-        self.network = PixelInputBlazeFace(model.eval())
+        self.network = network or PixelInputBlazeFace(model.eval())
         self.input_size = model.input_size
         self.score_threshold = DEFAULT_MIN_SCORE[self.variant] if min_score is None else min_score
         self.anchors = torch.from_numpy(blazeface_anchors()).float()
 
     @property
     def device(self) -> torch.device:
-        return next(self.network.parameters()).device
+        return next(self.network.parameters(), self.anchors).device
 
     def detect(self, images: torch.Tensor, forward: Forward | None = None) -> list[np.ndarray]:
         """images: N x S x S x 3 RGB, uint8 or float in [0, 255] -> per image (k, 17) float32 detections.

@@ -1,0 +1,29 @@
+"""The offline Kaggle bundle: `python -m packager build | verify | push`.
+
+build   dist/dataset (runtime code traced from kernel.py, the ensemble and its checkpoints, wheels for the
+        target Python and platform, requirements.txt, dataset-metadata.json, bundle-manifest.json) and
+        dist/kernel (kernel.py, kernel-metadata.json); the same inputs give the same bytes.
+verify  checks every file of the bundle manifest, then runs dist/kernel/kernel.py the way Kaggle does: in a
+        fresh virtual env, network blocked, wheels self-installed from the bundle, on sample videos, and
+        compares its submission with a local run of the repository's kernel.py.
+push    uploads the dataset (`-r zip`, so its folders are not silently dropped) and pushes the kernel with the
+        Kaggle CLI, or prints the commands when there are no credentials.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FORMAT = 1  # bundle-manifest.json format
+
+COMPETITION = "deepfake-detection-challenge"
+DATASET_DIR, KERNEL_DIR = "dataset", "kernel"
+BUNDLE_MANIFEST = "bundle-manifest.json"
+DATASET_METADATA, KERNEL_METADATA = "dataset-metadata.json", "kernel-metadata.json"
+ENSEMBLE_DIR = "ensemble"  # kernel.py reads <bundle>/ensemble/ensemble.json in Kaggle mode
+WHEELS_DIR = "wheels"
+PLACEHOLDER_OWNER = "your-kaggle-username"
+
+
+class PackagingError(Exception):
+    """A bundle cannot be built, verified or pushed; the message names the file or requirement at fault."""

@@ -1,0 +1,418 @@
+"""`python -m packager verify dist/`: the bundle alone, offline, in a fresh venv, gives the local predictions.
+
+1. Cheap checks first: every file of the bundle manifest present with its size and sha256 (nothing extra),
+   the kernel metadata (internet off, the dataset attached), one wheel per pin, wheels only.
+2. A fresh virtual env (python -m venv, with pip, no site packages), and in it, network blocked, an offline
+   `pip install --dry-run --no-index --find-links wheels -r requirements.txt`: a missing wheel is named here,
+   before anything is installed.
+3. Kaggle's path exactly: input/<dataset-slug> -> dist/dataset, input/deepfake-detection-challenge/test_videos
+   + sample_submission.csv, an empty working/, then `<venv>/bin/python kernel.py` with no arguments (a copy
+   with no weights/ beside it, so the bundle is found under $KAGGLE_INPUT), network blocked: the kernel
+   installs its wheels from the bundle into the empty venv, then writes working/submission.csv.
+4. The repository's kernel.py on the same videos, in this interpreter; every row must agree within 1e-6.
+
+The network block: `unshare --net` (or `unshare -rn`, user namespaces) when this machine allows it, checked by
+a connect() to public addresses that must fail; otherwise a sitecustomize.py in the venv that refuses every
+non-loopback connect and name lookup. pip's configuration (index URLs, find-links, constraints of this
+machine) is switched off with PIP_CONFIG_FILE=/dev/null, so only the bundle's wheels can be installed.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from packager import (COMPETITION, DATASET_DIR, DATASET_METADATA, ENSEMBLE_DIR, KERNEL_DIR, KERNEL_METADATA,
+                      REPO_ROOT, WHEELS_DIR, PackagingError)
+from packager.manifest import check_files, sha256_file
+from packager.wheels import _unsatisfied, canonical_name, requirement_name
+
+PROBE_ADDRESSES = (("1.1.1.1", 443), ("8.8.8.8", 53), ("151.101.0.223", 443))  # Cloudflare, Google, PyPI
+PROBE = r"""
+import socket, sys
+errors = []
+for host, port in %r:
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as error:
+        errors.append(f"{host}:{port} {error}")
+    else:
+        print(f"connected to {host}:{port}")
+        sys.exit(3)
+try:
+    socket.getaddrinfo("pypi.org", 443)
+    lookup = "pypi.org resolves"
+except OSError as error:
+    lookup = f"pypi.org does not resolve ({error})"
+print("blocked: " + "; ".join(errors) + "; " + lookup)
+""" % (PROBE_ADDRESSES,)
+
+SITECUSTOMIZE = '''"""Written by `python -m packager verify`: no network in this venv, as on Kaggle with the internet off."""
+import ipaddress
+import socket
+
+_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+BLOCKED = "network blocked by packager verify (Kaggle runs this kernel with the internet off)"
+
+
+def _local(address):
+    if not isinstance(address, tuple):
+        return True  # AF_UNIX paths
+    host = address[0]
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address):
+        raise OSError(101, BLOCKED)
+    return _connect(self, address)
+
+
+def connect_ex(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address):
+        return 101
+    return _connect_ex(self, address)
+
+
+def getaddrinfo(host, *args, **kwargs):
+    if host not in (None, "localhost") and not _local((host,)):
+        raise socket.gaierror(socket.EAI_NONAME, BLOCKED)
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+'''
+
+PASS_THROUGH_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+                    "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "LD_LIBRARY_PATH")
+
+
+@dataclass
+class VerifyOptions:
+    dist: Path = Path("dist")
+    videos: Path | None = None
+    ensemble: Path | None = None
+    device: str = "auto"
+    keep: bool = False
+    check_only: bool = False
+    tolerance: float = 1e-6
+    repo: Path = REPO_ROOT
+    work: Path | None = None        # default: a temporary folder
+    isolation: str = "auto"         # auto | unshare | sitecustomize
+
+
+def log(message: str) -> None:
+    print(f"packager verify: {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- network block
+
+def _probe(command: list[str], env: dict | None = None) -> tuple[bool, str]:
+    try:
+        process = subprocess.run([*command, "-c", PROBE], capture_output=True, text=True, env=env, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return False, str(error)
+    output = (process.stdout + process.stderr).strip()
+    return process.returncode == 0 and output.startswith("blocked"), output
+
+
+def unshare_prefix() -> list[str] | None:
+    """`unshare --net` or `unshare -rn` if either runs here and really cuts the network off; else None."""
+    unshare = shutil.which("unshare")
+    if not unshare:
+        return None
+    for prefix in ([unshare, "--net"], [unshare, "-rn"]):
+        blocked, _ = _probe([*prefix, sys.executable])
+        if blocked:
+            return prefix
+    return None
+
+
+def install_sitecustomize(venv: Path) -> Path:
+    purelib = subprocess.run([str(venv_python(venv)), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    path = Path(purelib) / "sitecustomize.py"
+    path.write_text(SITECUSTOMIZE)
+    return path
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def clean_env(work: Path, venv: Path, extra: dict | None = None) -> dict:
+    """A Kaggle-like environment: no pip configuration of this machine, no user site, no PYTHONPATH."""
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin", "HOME": str(work / "home"),
+        "TMPDIR": str(work / "tmp"), "LANG": "C.UTF-8", "VIRTUAL_ENV": str(venv),
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1",
+        "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
+    }
+    env.update({k: os.environ[k] for k in PASS_THROUGH_ENV if k in os.environ})
+    env.update(extra or {})
+    (work / "home").mkdir(parents=True, exist_ok=True)
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+class Sandbox:
+    """A fresh venv plus the way to run things in it with the network blocked."""
+
+    def __init__(self, work: Path, python: str, isolation: str = "auto"):
+        self.work, self.venv = work, work / "venv"
+        self.env = clean_env(work, self.venv)
+        self.prefix: list[str] = []
+        if isolation in ("auto", "unshare"):
+            self.prefix = unshare_prefix() or []
+            if not self.prefix and isolation == "unshare":
+                raise PackagingError("unshare cannot block the network on this machine")
+        self.method = " ".join(Path(self.prefix[0]).name if i == 0 else a for i, a in enumerate(self.prefix)) \
+            or "sitecustomize"
+        started = time.perf_counter()
+        process = self.run([python, "-m", "venv", str(self.venv)], capture_output=True, text=True)
+        if process.returncode != 0:
+            raise PackagingError(f"python -m venv {self.venv} failed:\n{process.stderr[-3000:]}")
+        if not self.prefix:
+            install_sitecustomize(self.venv)
+        blocked, detail = _probe([*self.prefix, str(venv_python(self.venv))], env=self.env)
+        if not blocked:
+            raise PackagingError(f"could not block the network for the verify run ({self.method}): {detail}")
+        log(f"fresh venv {self.venv} in {time.perf_counter() - started:.1f} s; network blocked ({self.method}): "
+            f"{detail}")
+
+    @property
+    def python(self) -> str:
+        return str(venv_python(self.venv))
+
+    def run(self, command: list[str], env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.prefix, *command], env={**self.env, **(env or {})}, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+def check_metadata(dist: Path, manifest: dict) -> None:
+    kernel_meta = json.loads((dist / KERNEL_DIR / KERNEL_METADATA).read_text())
+    dataset_meta = json.loads((dist / DATASET_DIR / DATASET_METADATA).read_text())
+    problems = []
+    if kernel_meta.get("enable_internet") is not False:
+        problems.append(f"{KERNEL_DIR}/{KERNEL_METADATA}: enable_internet must be written as false "
+                        f"(the Kaggle client defaults it to true), found {kernel_meta.get('enable_internet')!r}")
+    if not (dist / KERNEL_DIR / str(kernel_meta.get("code_file"))).is_file():
+        problems.append(f"{KERNEL_DIR}/{KERNEL_METADATA}: code_file {kernel_meta.get('code_file')!r} is not in "
+                        f"{KERNEL_DIR}/")
+    if dataset_meta.get("id") not in kernel_meta.get("dataset_sources", []):
+        problems.append(f"{KERNEL_DIR}/{KERNEL_METADATA}: dataset_sources {kernel_meta.get('dataset_sources')} "
+                        f"lacks the bundle's dataset {dataset_meta.get('id')!r}")
+    if COMPETITION not in kernel_meta.get("competition_sources", []):
+        problems.append(f"{KERNEL_DIR}/{KERNEL_METADATA}: competition_sources lacks {COMPETITION}")
+    if not (dist / DATASET_DIR / ENSEMBLE_DIR / "ensemble.json").is_file():
+        problems.append(f"{DATASET_DIR}/{ENSEMBLE_DIR}/ensemble.json is missing")
+    wheels = sorted(p.name for p in (dist / DATASET_DIR / WHEELS_DIR).glob("*"))
+    problems += [f"{DATASET_DIR}/{WHEELS_DIR}/{name}: not a wheel" for name in wheels if not name.endswith(".whl")]
+    expected = {canonical_name(w["name"]): w["file"] for w in manifest.get("wheels", [])}
+    for requirement in read_requirements(dist / DATASET_DIR / "requirements.txt"):
+        name = requirement_name(requirement)
+        if name not in expected:
+            problems.append(f"requirements.txt pins {requirement}, but the bundle manifest lists no wheel for it")
+        elif expected[name] not in wheels:
+            problems.append(f"missing wheel {DATASET_DIR}/{WHEELS_DIR}/{expected[name]} for {requirement}")
+    if problems:
+        raise PackagingError(f"bundle {dist}:\n  " + "\n  ".join(problems))
+
+
+def read_requirements(path: Path) -> list[str]:
+    if not path.is_file():
+        raise PackagingError(f"{path} is missing")
+    return [r for r in (line.split("#", 1)[0].strip() for line in path.read_text().splitlines()) if r]
+
+
+def check_offline_resolution(sandbox: Sandbox, dist: Path, manifest: dict) -> list[str]:
+    """`pip install --dry-run --no-index` of the pins from the bundle's wheels in the empty venv, offline.
+
+    Returns the wheel files pip would install; a failure names the missing wheel file where the manifest knows it.
+    """
+    wheels_dir, requirements = dist / DATASET_DIR / WHEELS_DIR, dist / DATASET_DIR / "requirements.txt"
+    report = sandbox.work / "resolution.json"
+    started = time.perf_counter()
+    process = sandbox.run([sandbox.python, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links",
+                           str(wheels_dir), "--ignore-installed", "--quiet", "--report", str(report),
+                           "-r", str(requirements)], capture_output=True, text=True)
+    if process.returncode != 0:
+        files = {canonical_name(w["name"]): w["file"] for w in manifest.get("wheels", [])}
+        named = []
+        for requirement in _unsatisfied(process.stderr):
+            expected = files.get(requirement_name(requirement))
+            named.append(f"{requirement} (missing wheel {DATASET_DIR}/{WHEELS_DIR}/{expected})" if expected
+                         else f"{requirement} (no wheel for it in the bundle manifest either)")
+        errors = "\n".join(line for line in process.stderr.splitlines() if "ERROR" in line) or process.stderr[-3000:]
+        raise PackagingError("the bundle's wheels do not install offline"
+                             + (": " + "; ".join(named) if named else "") + f"\npip said:\n{errors}")
+    installs = json.loads(report.read_text())["install"]
+    files = sorted(Path(item["download_info"]["url"]).name for item in installs)
+    log(f"offline resolution: {len(files)} wheels from {wheels_dir} in {time.perf_counter() - started:.1f} s")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+def find_python(version: str) -> str:
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
+        return sys.executable
+    found = shutil.which(f"python{version}")
+    if not found:
+        raise PackagingError(f"the bundle targets Python {version}: no python{version} on PATH to verify it with")
+    return found
+
+
+def sample_videos(folder: Path) -> Path:
+    from bench.samples import make_samples
+
+    make_samples(folder, seconds=2.0)
+    return folder
+
+
+def lay_out_input(work: Path, dist: Path, dataset_id: str, videos: Path) -> tuple[Path, Path, Path]:
+    """input/<slug> -> dist/dataset, input/deepfake-detection-challenge/{test_videos,sample_submission.csv}."""
+    input_dir, working = work / "input", work / "working"
+    competition = input_dir / COMPETITION
+    (competition / "test_videos").mkdir(parents=True)
+    working.mkdir()
+    (input_dir / dataset_id.split("/")[-1]).symlink_to((dist / DATASET_DIR).resolve(), target_is_directory=True)
+    names = []
+    for video in sorted(p for p in videos.rglob("*") if p.is_file()):
+        destination = competition / "test_videos" / video.relative_to(videos)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(video, destination)
+        names.append(video.name)
+    if not names:
+        raise PackagingError(f"no videos under {videos}")
+    with open(competition / "sample_submission.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filename", "label"])
+        writer.writerows([name, "0.5"] for name in sorted(set(names)))
+    return input_dir, working, competition
+
+
+def read_submission(path: Path) -> dict[str, float]:
+    if not path.is_file():
+        raise PackagingError(f"{path} was not written")
+    with open(path, newline="") as f:
+        return {row["filename"]: float(row["label"]) for row in csv.DictReader(f)}
+
+
+def timed_run(command: list[str], log_path: Path, runner=subprocess.run, **kwargs) -> tuple[int, str, float]:
+    """Run with stdout and stderr into log_path; (exit code, the log, seconds)."""
+    started = time.perf_counter()
+    with open(log_path, "w") as out:
+        process = runner(command, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+    return process.returncode, log_path.read_text(), time.perf_counter() - started
+
+
+def compare(bundle: dict[str, float], reference: dict[str, float], tolerance: float) -> float:
+    if set(bundle) != set(reference):
+        raise PackagingError(f"the bundle's submission has rows {sorted(bundle)}, the local run {sorted(reference)}")
+    worst = max((abs(bundle[name] - reference[name]) for name in bundle), default=0.0)
+    if worst > tolerance:
+        rows = "\n".join(f"  {name}: bundle {bundle[name]:.6f}, local {reference[name]:.6f}"
+                         for name in sorted(bundle) if abs(bundle[name] - reference[name]) > tolerance)
+        raise PackagingError(f"predictions differ by up to {worst:.2e} (> {tolerance:g}):\n{rows}")
+    return worst
+
+
+def installed_distributions(sandbox: Sandbox) -> dict[str, str]:
+    process = sandbox.run([sandbox.python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True)
+    return {canonical_name(d["name"]): d["version"] for d in json.loads(process.stdout or "[]")}
+
+
+def verify(options: VerifyOptions) -> dict:
+    """Raise PackagingError naming what is wrong; return a summary dict when the bundle passes."""
+    started = time.perf_counter()
+    dist = options.dist.resolve()
+    manifest = check_files(dist)
+    log(f"{len(manifest['files'])} files match {DATASET_DIR}/bundle-manifest.json "
+        f"({time.perf_counter() - started:.1f} s)")
+    check_metadata(dist, manifest)
+    python = find_python(manifest["python_version"])
+    work = Path(options.work or tempfile.mkdtemp(prefix="packager-verify-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    summary = {"files": len(manifest["files"]), "work": str(work)}
+    try:
+        sandbox = Sandbox(work, python, options.isolation)
+        summary["isolation"] = sandbox.method
+        summary["resolved"] = check_offline_resolution(sandbox, dist, manifest)
+        if options.check_only:
+            log(f"checks passed in {time.perf_counter() - started:.1f} s (--check-only: the kernel was not run)")
+            return summary
+
+        reference_ensemble = (options.ensemble or options.repo / "artifacts" / "weights" / "ensemble.json").resolve()
+        bundled_ensemble = dist / DATASET_DIR / ENSEMBLE_DIR / "ensemble.json"
+        if not reference_ensemble.is_file():
+            raise PackagingError(f"reference ensemble {reference_ensemble} is missing: give --ensemble (the one "
+                                 f"the bundle was built from, or {bundled_ensemble})")
+        if reference_ensemble.read_bytes() != bundled_ensemble.read_bytes():
+            raise PackagingError(f"the bundle holds another ensemble than {reference_ensemble}: give verify the "
+                                 "--ensemble the bundle was built with")
+        if sha256_file(options.repo / "kernel.py") != sha256_file(dist / KERNEL_DIR / "kernel.py"):
+            log(f"note: {options.repo / 'kernel.py'} changed since the build; the reference run uses the new one")
+
+        videos = options.videos.resolve() if options.videos else sample_videos(work / "videos")
+        input_dir, working, competition = lay_out_input(work, dist, manifest["dataset_id"], videos)
+        runner = work / "kernel-run"
+        runner.mkdir()
+        shutil.copyfile(dist / KERNEL_DIR / "kernel.py", runner / "kernel.py")
+        device_env = {"CUDA_VISIBLE_DEVICES": ""} if options.device == "cpu" else {}
+
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("KAGGLE_") and k not in ("DEEPFAKE_ENSEMBLE", "PYTHONPATH")}
+        bundle_run = functools.partial(
+            timed_run, [sandbox.python, str(runner / "kernel.py")], work / "bundle-run.log", sandbox.run,
+            env={"KAGGLE_INPUT": str(input_dir), "KAGGLE_WORKING": str(working), **device_env}, cwd=working)
+        reference_run = functools.partial(
+            timed_run, [sys.executable, str(options.repo / "kernel.py"), "--videos", str(competition / "test_videos"),
+                        "--ensemble", str(reference_ensemble), "--out", str(work / "reference.csv")],
+            work / "reference-run.log", env={**env, **device_env}, cwd=work)
+        # Both at once: the offline install is mostly one core of unzipping, the reference run the other cores.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            bundle_future, reference_future = pool.submit(bundle_run), pool.submit(reference_run)
+            (code, output, summary["bundle_seconds"]) = bundle_future.result()
+            (ref_code, ref_output, summary["reference_seconds"]) = reference_future.result()
+        if code != 0:
+            raise PackagingError(f"the bundled kernel failed offline in the fresh venv (exit {code}); "
+                                 f"last lines of {work / 'bundle-run.log'}:\n{output[-4000:]}")
+        installed = installed_distributions(sandbox)
+        wheels = {canonical_name(w["name"]): w["version"] for w in manifest["wheels"]}
+        strays = sorted(f"{n}=={v}" for n, v in installed.items()
+                        if n not in ("pip", "setuptools") and wheels.get(n) != v)
+        if strays:
+            raise PackagingError(f"the venv holds distributions that are not the bundled wheels: {', '.join(strays)}")
+        log(f"bundled kernel: offline install of {len(installed)} distributions and the run took "
+            f"{summary['bundle_seconds']:.1f} s")
+        bundle_rows = read_submission(working / "submission.csv")
+        if ref_code != 0:
+            raise PackagingError(f"the local reference run failed (exit {ref_code}):\n{ref_output[-4000:]}")
+        log(f"local reference run: {summary['reference_seconds']:.1f} s (alongside)")
+        reference_rows = read_submission(work / "reference.csv")
+        summary["max_difference"] = compare(bundle_rows, reference_rows, options.tolerance)
+        summary["rows"] = bundle_rows
+        for name in sorted(bundle_rows):
+            log(f"  {name}: bundle {bundle_rows[name]:.6f}  local {reference_rows[name]:.6f}")
+        log(f"passed: {len(bundle_rows)} predictions equal the local run (max difference "
+            f"{summary['max_difference']:.1e}) in {time.perf_counter() - started:.1f} s")
+        return summary
+    finally:
+        if options.keep:
+            log(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
