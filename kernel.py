@@ -892,8 +892,8 @@ class TimeBudget:
     """Keeps the run inside `seconds` (from `started`) by projecting its finish from the measured rate.
 
     When the projection overshoots it steps down one level, in this order, and never back up: half the frames,
-    a quarter of the frames (at least 8), then also without the models the manifest marks optional. Once even
-    the videos already in flight plus one more would not finish in time, every later video gets the fallback.
+    a quarter of the frames (at least 8), then also without the models the manifest marks optional. A video
+    whose turn comes when the videos in flight plus it would not finish in time gets the fallback unread.
     """
 
     def __init__(self, seconds: float | None, started: float, total: int, frames: int, models: list[str],
