@@ -33,3 +33,11 @@ def test_generated_clips_are_dfdc_like(tmp_path):
     megabits_per_second = clip.stat().st_size * 8 / 1e6 / 3
     assert 1.5 < megabits_per_second < 6  # about DFDC's 3 Mbit/s, film grain and all
     assert speed.dfdc_like_clips(tmp_path, 1, seconds=3.0) == [clip]  # made once, then reused
+
+
+def test_heavy_ensemble_adds_two_timm_frame_models_and_a_3d_cnn(ensemble_path, tmp_path):
+    report = speed.main(["--count", "1", "--seconds", "1", "--frames-per-video", "4", "--clips", str(tmp_path),
+                         "--ensemble", str(ensemble_path), "--heavy"])
+    assert report["models"][-3:] == list(speed.HEAVY)
+    assert report["kernel"]["fallbacks"] == 0
+    assert report["max_label_difference_pipelined_vs_sequential"] <= 1e-6
