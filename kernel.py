@@ -1153,11 +1153,13 @@ def main(argv: list[str] | None = None) -> int:
             report.write(json.dumps(entry) + "\n")
             report.flush()
 
-    todo = []
+    todo, names = [], set()
     for path in videos:
-        if path.name in labels or path.name in {p.name for p in todo}:
+        if path.name in names:
             log.warning("%s: duplicate file name, keeping the first (%s)", path, path.name)
-        elif path.name in finished:
+            continue
+        names.add(path.name)
+        if path.name in finished:
             record(finished[path.name])
         else:
             todo.append(path)
@@ -1186,11 +1188,11 @@ def main(argv: list[str] | None = None) -> int:
             report.close()
 
     fallback = kernel.fallback
-    order = submission_order(sorted({path.name for path in videos}), args.sample_submission)
+    order = submission_order(sorted(names), args.sample_submission)
     rows = [(name, labels.get(name, fallback)) for name in order]
     write_submission(args.out, rows)
     # kept when videos are missing: a rerun retries them
-    journal.close(finished=len(labels) == len({path.name for path in videos}))
+    journal.close(finished=len(labels) == len(names))
     print_timings(outcomes)
     fallbacks = Counter(outcome["error"] for outcome in outcomes if outcome["fallback"])
     if fallbacks:  # a systematic failure shows up here as one reason repeated, not as a quiet column of 0.5

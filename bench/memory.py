@@ -56,9 +56,7 @@ def distinct_clips(folder: Path, distinct: int, width: int, height: int, seconds
             # render_frames seeds the scene with the length of the spec's name: a name per clip, a scene per clip
             spec = SampleSpec("m" * (index + 1), width, height, 1)
             frames = render_frames(spec, max(1, round(seconds * FPS)), face_scale(index, distinct, width, height))
-            partial = path.with_suffix(".part.mp4")
-            write_video(partial, frames, width, height)
-            partial.rename(path)
+            write_video(path, frames, width, height)
         paths.append(path)
     return paths
 

@@ -80,9 +80,14 @@ def render_frames(spec: SampleSpec, frame_count: int, face_scale: float = 1.2):
 
 def write_video(path: Path, frames, width: int, height: int, fps: int = FPS, crf: int = 23,
                 bitrate: int | None = None) -> Path:
-    """Encode RGB frames as H.264 (yuv420p) in an mp4 container with PyAV, at constant quality or `bitrate`."""
+    """Encode RGB frames as H.264 (yuv420p) in an mp4 container with PyAV, at constant quality or `bitrate`.
+
+    The file appears whole or not at all (written beside, then renamed): callers that reuse a clip if its file
+    exists never pick up one an interrupted run left half-written.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    with av.open(str(partial), "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "veryfast"} if bitrate else {"crf": str(crf), "preset": "veryfast"}
@@ -93,6 +98,7 @@ def write_video(path: Path, frames, width: int, height: int, fps: int = FPS, crf
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    partial.replace(path)
     return path
 
 

@@ -31,7 +31,8 @@ if __package__ in (None, ""):  # `python bench/speed.py` as well as `python -m b
 import numpy as np  # noqa: E402
 
 import kernel  # noqa: E402
-from bench.samples import SampleSpec, render_frames, write_video  # noqa: E402
+from bench.manifests import manifest_copy  # noqa: E402
+from bench.samples import FPS, SampleSpec, render_frames, write_video  # noqa: E402
 from bench.zoo_cost import FAMILIES, with_untrained_models  # noqa: E402
 from weights.sources import REPO_ROOT  # noqa: E402
 
@@ -55,25 +56,18 @@ def dfdc_like_clips(folder: Path, count: int, seconds: float = 10.0, bitrate: in
         path = folder / f"dfdc_like_{index:02d}_{seconds:g}s_{bitrate // 1000}k.mp4"
         if not path.is_file():
             spec = SampleSpec(path.name, 1920, 1080, 1)
-            partial = path.with_suffix(".part.mp4")
-            write_video(partial, grainy(render_frames(spec, round(30 * seconds)), index), 1920, 1080,
-                        bitrate=bitrate)
-            partial.rename(path)
+            write_video(path, grainy(render_frames(spec, round(FPS * seconds)), index), 1920, 1080, bitrate=bitrate)
         paths.append(path)
     return paths
 
 
 def with_runtime(manifest: Path, runtime: str, folder: Path) -> Path:
     """A copy of the manifest with every entry on `runtime` (its files still beside the original)."""
-    data = json.loads(manifest.read_text())
-    for entry in [data["detector"], *data["models"]]:
-        entry["runtime"] = runtime
-        for key in ("checkpoint", "onnx"):
-            if entry.get(key):
-                entry[key] = str(manifest.parent.resolve() / entry[key])
-    copy = folder / f"ensemble_{runtime}.json"
-    copy.write_text(json.dumps(data))
-    return copy
+    def force(data):
+        for entry in [data["detector"], *data["models"]]:
+            entry["runtime"] = runtime
+
+    return manifest_copy(manifest, folder, force)
 
 
 def cpu_seconds() -> float:

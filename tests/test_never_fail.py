@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import kernel
+from bench.manifests import manifest_copy
 from bench.samples import SampleSpec, make_samples
 from tests.helpers import read_report, read_rows, run_kernel
 
@@ -29,17 +30,11 @@ def small_videos(tmp_path_factory) -> Path:
 
 def optional_copy(ensemble_path: Path, folder: Path, optional: str) -> Path:
     """The test ensemble with one model marked optional (the manifest points at the original weights)."""
-    data = json.loads(ensemble_path.read_text())
-    for model in data["models"]:
-        for key in ("checkpoint", "onnx"):
-            if model.get(key):
-                model[key] = str(ensemble_path.parent / model[key])
-        model["optional"] = model["name"] == optional
-    for key in ("checkpoint", "onnx"):
-        data["detector"][key] = str(ensemble_path.parent / data["detector"][key])
-    manifest = folder / "ensemble.json"
-    manifest.write_text(json.dumps(data))
-    return manifest
+    def mark(data):
+        for model in data["models"]:
+            model["optional"] = model["name"] == optional
+
+    return manifest_copy(ensemble_path, folder, mark)
 
 
 # ---------------------------------------------------------------------------------------------- time budget
