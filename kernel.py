@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Deepfake Detection Challenge inference kernel: a folder of videos in, submission.csv out.
 
-The pipeline, top to bottom: read N frames -> detect faces (BlazeFace on square tiles) -> crop ->
+The pipeline, top to bottom: read N frames -> detect faces (BlazeFace on whole frames) -> crop ->
 predict (every ensemble model, batched) -> blend and clip -> write. Every video gets a row: a video that
 fails anywhere gets the manifest's fallback value, and the report says why.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import importlib.metadata
 import json
 import logging
@@ -21,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
@@ -36,7 +36,7 @@ KAGGLE_COMPETITION = KAGGLE_INPUT / "deepfake-detection-challenge"
 KAGGLE_OUTPUT = KAGGLE_WORKING / "submission.csv"
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 STAGES = ("read", "detect", "crop", "predict", "blend")
-TILE_MIN_OVERLAP = 0.25  # neighbouring tiles share a quarter of their side, so a face on a seam is whole in one
+MAX_DETECTOR_SIDE = 4096  # a frame of absurd aspect ratio is scaled down further rather than fill memory
 
 log = logging.getLogger("kernel")
 
@@ -109,9 +109,9 @@ def _import_runtime(bundle: Path | None):
         sys.path.insert(0, str(bundle))
     import blending
     import weights
-    from weights.archs.blazeface import BlazeFaceDetector, weighted_nms
+    from weights.archs.blazeface import BlazeFaceDetector
     from weights.archs.mtcnn import MTCNNDetector
-    return blending, weights, BlazeFaceDetector, MTCNNDetector, weighted_nms
+    return blending, weights, BlazeFaceDetector, MTCNNDetector
 
 
 BUNDLE = find_bundle()
@@ -123,7 +123,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-blending, weights, BlazeFaceDetector, MTCNNDetector, weighted_nms = _import_runtime(BUNDLE)
+blending, weights, BlazeFaceDetector, MTCNNDetector = _import_runtime(BUNDLE)
 
 
 # ---------------------------------------------------------------------------------------------- devices
@@ -138,12 +138,17 @@ def is_device_error(error: BaseException) -> bool:
 
 
 class Accelerator:
-    """Runs modules on one device; on any device failure it moves every module to the CPU and retries there."""
+    """Runs modules on one device; on any device failure it moves every module to the CPU and retries there.
+
+    Reader threads (the detector) and the main thread (the classifiers) call it at once: placing modules and
+    falling back happen under a lock, and only once.
+    """
 
     def __init__(self, device: str):
         self.device = torch.device(device)
         self.fallback_reason: str | None = None
         self._placed: list[torch.nn.Module] = []
+        self._lock = threading.Lock()
 
     def __call__(self, module: torch.nn.Module, batch: torch.Tensor, memory_format=torch.channels_last):
         """module(batch) on the current device, returned on the CPU; falls back to the CPU once if the device fails.
@@ -151,32 +156,37 @@ class Accelerator:
         The module is placed on first use in `memory_format`: channels-last suits 2D convolutions on CPU and GPU
         alike (about 1.5-2x on this CPU), channels_last_3d the 3D ones; HWC crops arrive in that layout already.
         """
+        device = self.device
         try:
             return self._forward(module, batch, memory_format)
         except Exception as error:
-            if self.device.type == "cpu" or not is_device_error(error):
+            if device.type == "cpu" or not is_device_error(error):
                 raise
             self.fall_back_to_cpu(error)
             return self._forward(module, batch, memory_format)
 
     def fall_back_to_cpu(self, error: BaseException) -> None:
         """Move every module to the CPU; the rest of the run stays there."""
-        self.fallback_reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        log.warning("device %s failed (%s); continuing on the CPU", self.device, self.fallback_reason)
-        self.device = torch.device("cpu")
-        for module in self._placed:
-            module.to(self.device)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        with self._lock:
+            if self.device.type == "cpu":  # another thread fell back first
+                return
+            self.fallback_reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            log.warning("device %s failed (%s); continuing on the CPU", self.device, self.fallback_reason)
+            self.device = torch.device("cpu")
+            for module in self._placed:
+                module.to(self.device)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     @property
     def _fp16(self) -> bool:
         return self.device.type == "cuda" and torch.cuda.is_available()
 
     def _forward(self, module: torch.nn.Module, batch: torch.Tensor, memory_format):
-        if module not in self._placed:
-            module.to(self.device, memory_format=memory_format)
-            self._placed.append(module)
+        with self._lock:
+            if module not in self._placed:
+                module.to(self.device, memory_format=memory_format)
+                self._placed.append(module)
         # fp16 on a GPU: twice the throughput of fp32 on tensor cores, and far below log-loss precision
         with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self._fp16):
             output = module(batch.to(self.device, non_blocking=True))
@@ -327,38 +337,34 @@ def _read_opencv(path: Path, count: int, geometries) -> Clip:
 
 # ---------------------------------------------------------------------------------------------- detect
 
-def square_tiles(height: int, width: int, scales: tuple[float, ...]) -> list[tuple[int, int, int]]:
-    """Overlapping square tiles (top, left, side) covering the frame at each scale of its short side."""
-    tiles = []
-    for scale in scales:
-        side = max(1, round(min(height, width) * scale))
-        rows = _tile_offsets(height, side)
-        cols = _tile_offsets(width, side)
-        tiles.extend((top, left, side) for top in rows for left in cols)
-    return tiles
+def scan_image(frame: np.ndarray, scale: float, size: int, alignment: int) -> tuple[np.ndarray, float]:
+    """The whole frame resized so that a square of `scale` x its short side spans `size` pixels (the face sizes
+    the detector was trained on), zero-padded right and bottom to multiples of `alignment`; and the factor."""
+    height, width = frame.shape[:2]
+    factor = min(size / (scale * min(height, width)), MAX_DETECTOR_SIDE / max(height, width))
+    new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
+    image = np.zeros((-(-new_h // alignment) * alignment, -(-new_w // alignment) * alignment, 3), np.uint8)
+    image[:new_h, :new_w] = downsize(frame, new_h, new_w)
+    return image, factor
 
 
-def downsize(square: np.ndarray, size: int) -> np.ndarray:
-    """Shrink a square image to size x size: area averaging by the whole factor (OpenCV's fast path, 2.7x
-    quicker than a fractional one on 1080 px tiles), then linear for the remaining fraction."""
-    whole = square.shape[0] // size
+def downsize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize to height x width: area averaging by the whole factor first (OpenCV's fast path, 2.7x quicker than
+    a fractional one on 1080p), then linear for the remaining fraction; cubic when enlarging."""
+    whole = min(image.shape[0] // height, image.shape[1] // width)
     if whole >= 2:
-        square = cv2.resize(square, (square.shape[1] // whole,) * 2, interpolation=cv2.INTER_AREA)
-    return cv2.resize(square, (size, size), interpolation=cv2.INTER_LINEAR if whole >= 1 else cv2.INTER_CUBIC)
-
-
-def _tile_offsets(length: int, side: int) -> list[int]:
-    if length <= side:
-        return [0]
-    count = math.ceil((length - side) / (side * (1 - TILE_MIN_OVERLAP))) + 1
-    return np.linspace(0, length - side, count).round().astype(int).tolist()
+        image = cv2.resize(image, (image.shape[1] // whole, image.shape[0] // whole), interpolation=cv2.INTER_AREA)
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR if whole >= 1 else cv2.INTER_CUBIC)
 
 
 class FaceDetector:
-    """BlazeFace over square tiles of each frame, detections merged per frame by weighted NMS in pixels.
+    """BlazeFace over whole frames, each scaled so that a square of `scale` x its short side fills the network's
+    input: a face is seen at the size it would have in such a square tile, with no seams and no tile overlap.
 
-    Tile scales run coarse to fine: a finer scale (smaller tiles, so smaller faces) runs only on the frames
-    where the coarser ones found no face, so close-up videos pay for one pass and distant faces are still found.
+    Scales run coarse to fine: a finer scale (a larger image, so smaller faces) runs only on the frames where the
+    coarser ones found no face, so close-up videos pay for one pass and distant faces are still found.
     """
 
     def __init__(self, detector: BlazeFaceDetector, spec, accelerator: Accelerator, batch_size: int):
@@ -366,7 +372,6 @@ class FaceDetector:
         self.spec = spec
         self.accelerator = accelerator
         self.batch_size = batch_size
-        self._tiles: dict[tuple[int, int, float], list[tuple[int, int, int]]] = {}
 
     def detect(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         """Per frame, an array (k, 5) of [x0, y0, x1, y1, score] in frame pixels, best first."""
@@ -382,36 +387,24 @@ class FaceDetector:
 
     def _detect_at_scale(self, frames: list[np.ndarray], scale: float) -> list[np.ndarray]:
         size = self.detector.input_size
-        inputs, owners = [], []
-        for frame_index, frame in enumerate(frames):
-            for top, left, side in self._tiles_for(frame.shape[:2], scale):
-                tile = frame[top:top + side, left:left + side]
-                inputs.append(downsize(tile, size))
-                owners.append((frame_index, top, left, side))
-        found: list[list[np.ndarray]] = [[] for _ in frames]
-        for start in range(0, len(inputs), self.batch_size):
-            batch = torch.from_numpy(np.stack(inputs[start:start + self.batch_size]))
-            detections = self.detector.detect(batch, forward=self.accelerator)
-            for (frame_index, top, left, side), dets in zip(owners[start:start + self.batch_size], detections):
-                if len(dets):
-                    dets = dets.copy()
-                    dets[:, [0, 2]] = dets[:, [0, 2]] * side + top   # ymin, ymax
-                    dets[:, [1, 3]] = dets[:, [1, 3]] * side + left  # xmin, xmax
-                    found[frame_index].append(dets)
-        return [self._merge(parts) for parts in found]
+        scanned = [scan_image(frame, scale, size, self.detector.alignment) for frame in frames]
+        found: list[np.ndarray] = [np.zeros((0, 5), np.float32) for _ in frames]
+        by_shape: dict[tuple, list[int]] = {}
+        for index, (image, _) in enumerate(scanned):
+            by_shape.setdefault(image.shape, []).append(index)
+        for (height, width, _), members in by_shape.items():
+            per_batch = max(1, self.batch_size * size * size // (height * width))  # batch_size counts S x S images
+            for start in range(0, len(members), per_batch):
+                chunk = members[start:start + per_batch]
+                batch = torch.from_numpy(np.stack([scanned[i][0] for i in chunk]))
+                for index, detections in zip(chunk, self.detector.detect(batch, forward=self.accelerator)):
+                    found[index] = self._in_frame_pixels(detections, size / scanned[index][1])
+        return found
 
-    def _tiles_for(self, shape: tuple[int, int], scale: float) -> list[tuple[int, int, int]]:
-        key = (*shape, scale)
-        if key not in self._tiles:
-            self._tiles[key] = square_tiles(*shape, (scale,))
-        return self._tiles[key]
-
-    def _merge(self, parts: list[np.ndarray]) -> np.ndarray:
-        if not parts:
-            return np.zeros((0, 5), np.float32)
-        merged = weighted_nms(np.concatenate(parts), iou_threshold=0.3)
-        boxes = merged[:, [1, 0, 3, 2, -1]]  # -> x0, y0, x1, y1, score
-        return boxes[np.argsort(-boxes[:, 4])][: self.spec.max_faces_per_frame]
+    def _in_frame_pixels(self, detections: np.ndarray, pixels_per_unit: float) -> np.ndarray:
+        """[ymin, xmin, ymax, xmax, ..., score] in units of the input size -> the best [x0, y0, x1, y1, score]."""
+        boxes = np.concatenate([detections[:, [1, 0, 3, 2]] * pixels_per_unit, detections[:, -1:]], axis=1)
+        return boxes[np.argsort(-boxes[:, 4], kind="stable")][: self.spec.max_faces_per_frame].astype(np.float32)
 
 
 class MTCNNFaceDetector:
@@ -432,15 +425,16 @@ class MTCNNFaceDetector:
         return [boxes[: self.spec.max_faces_per_frame] for boxes in found]
 
 
-def make_face_detector(ensemble, accelerator: Accelerator, batch_size: int):
-    """The manifest's detector: tiled BlazeFace (on onnxruntime on the CPU where exported), or MTCNN."""
+def make_face_detector(ensemble, accelerator: Accelerator, batch_size: int, threads: int | None = None):
+    """The manifest's detector: whole-frame BlazeFace (on onnxruntime on the CPU where exported, `threads` per
+    call), or MTCNN."""
     spec = ensemble.detector
     network = ensemble.build_detector()
     if spec.arch == "mtcnn":
         mtcnn = MTCNNDetector.from_model(network, thresholds=(0.6, 0.7, spec.min_score), downscale=spec.downscale)
         return MTCNNFaceDetector(mtcnn, spec, accelerator)
     blazeface = BlazeFaceDetector(network, min_score=spec.min_score,
-                                  network=ensemble.build_detector_onnx(accelerator.device.type))
+                                  network=ensemble.build_detector_onnx(accelerator.device.type, threads))
     return FaceDetector(blazeface, spec, accelerator, batch_size)
 
 
@@ -719,18 +713,23 @@ class Prepared:
 class Kernel:
     """Everything loaded once (detector, models, device), then applied to a stream of videos.
 
-    `process` scores one video start to finish (the sequential path); `run` scores many, reader threads
-    decoding ahead while the main thread detects, and each model's crops batched across several videos.
+    `process` scores one video start to finish (the sequential path); `run` scores many: reader threads
+    decode, detect and crop ahead while the main thread runs each model over the crops of several videos.
     """
 
     def __init__(self, ensemble_path: Path, frames_per_video: int, device: str, batch_size: int | None = None,
                  readers: int = 2):
+        """`readers`: the reader threads of `run`; 0 for a kernel used only through `process`, whose inference
+        then has every core to itself."""
         self.ensemble = weights.load_ensemble(ensemble_path)
         self.frames_per_video = frames_per_video
         self.accelerator = Accelerator(resolve_device(device))
         self.batch_size = batch_size or (16 if self.accelerator.device.type == "cpu" else 64)
-        self.detector = make_face_detector(self.ensemble, self.accelerator, self.batch_size)
-        self.classifiers = [Classifier(m, self.ensemble.build_model(m, self.accelerator.device.type))
+        # The readers and the main thread infer at once: onnxruntime sessions share the cores among them rather
+        # than each spread over all of them (on 2 cores that oversubscription cost 0.6 CPU-s per video).
+        threads = max(1, (os.cpu_count() or 1) // (readers + 1))
+        self.detector = make_face_detector(self.ensemble, self.accelerator, self.batch_size, threads)
+        self.classifiers = [Classifier(m, self.ensemble.build_model(m, self.accelerator.device.type, threads))
                             for m in self.ensemble.models]
         self.blend_weights = {m.name: m.weight for m in self.ensemble.models}
         self.readers = readers
@@ -747,14 +746,16 @@ class Kernel:
 
     def process(self, path: Path, models: set[str] | None = None) -> VideoResult:
         """Score one video with every model (or only those named); any failure yields the fallback value."""
-        return self.score([self.prepare(self.read(self.job(path, models)))])[0]
+        return self.score([self.read_and_prepare(self.job(path, models))])[0]
 
     def run(self, jobs: Iterator[Job]) -> Iterator[list[VideoResult]]:
-        """Results in job order, a batch of videos at a time; readers run ahead by a bounded number of videos,
-        so memory stays flat.
+        """Results in job order, a batch of videos at a time; readers (decode, detect, crop) run ahead by a
+        bounded number of videos, so memory stays flat.
 
         `jobs` is consumed lazily, one job per free reader slot, so a time budget can plan each job late.
         """
+        if self.readers < 1:
+            raise ValueError("run() needs at least one reader thread; this kernel was built with readers=0")
         prefetch = self.readers + self.videos_per_batch
         with ThreadPoolExecutor(self.readers, thread_name_prefix="reader") as pool:
             pending: deque[Future] = deque()
@@ -765,18 +766,22 @@ class Kernel:
                     job = next(jobs, None)
                     if job is None:
                         return
-                    pending.append(pool.submit(self.read, job))
+                    pending.append(pool.submit(self.read_and_prepare, job))
 
             top_up()
             while pending:
-                group.append(self.prepare(pending.popleft().result()))
+                group.append(pending.popleft().result())
                 top_up()
                 if len(group) >= self.videos_per_batch or not pending or not pending[0].done():
                     yield self.score(group)
                     group = []
 
+    def read_and_prepare(self, job: Job) -> Prepared:
+        """A reader thread's work: decode, then detect and crop."""
+        return self.prepare(self.read(job))
+
     def read(self, job: Job) -> Decoded:
-        """Decode the job's frames (in a reader thread); an error is handed on, not raised."""
+        """Decode the job's frames; an error is handed on, not raised."""
         start = time.perf_counter()
         if job.skip:
             return Decoded(job, None, None, 0.0)
@@ -873,7 +878,6 @@ class Kernel:
     def _classifiers(self, models: frozenset[str] | None) -> list[Classifier]:
         return [c for c in self.classifiers if models is None or c.spec.name in models]
 
-    @functools.cache
     def _geometries(self, models: frozenset[str] | None) -> list[tuple[int, int, int]]:
         return sorted({c.geometry for c in self._classifiers(models) if c.spec.kind != "frame"})
 

@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict[str, Scores]]:
     videos, options = labelled_videos(args)
     root = args.root or default_root(args.set)
     manifest = args.ensemble or kernel.default_ensemble()
-    runner = kernel.Kernel(manifest, args.frames_per_video, args.device)
+    runner = kernel.Kernel(manifest, args.frames_per_video, args.device, readers=0)
     evaluation = evaluate(videos, runner, PredictionCache(args.cache))
     predicted = predictions(evaluation, runner.ensemble)
     rows = score_rows(videos, predicted, per_method=args.set == "ff")

@@ -1,7 +1,7 @@
-"""How small a face the detector still finds in a 1080p frame, per BlazeFace model and tiling.
+"""How small a face the detector still finds in a 1080p frame, per BlazeFace model and scales.
 
 `python -m bench.small_faces [--weights artifacts/weights]` pastes the astronaut's face at several widths
-into 1920x1080 scenes and prints, per (model, tile scales), the share of frames whose face was found and
+into 1920x1080 scenes and prints, per (model, scales), the share of frames whose face was found and
 the detector's seconds per frame.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ from weights.archs.blazeface import BlazeFaceDetector
 
 FACE_BOX_AT_SCALE_1 = (70, 55, 180, 195)  # x0, y0, x1, y1 of the face inside the unscaled head-and-shoulders patch
 FACE_WIDTH_AT_SCALE_1 = FACE_BOX_AT_SCALE_1[2] - FACE_BOX_AT_SCALE_1[0]
-SETTINGS = {  # name: (model variant, min score, tile scales coarse to fine)
-    "back, full-height tiles": ("back", 0.65, (1.0,)),
-    "back, then half-height (default)": ("back", 0.65, (1.0, 0.5)),
-    "front, full-height tiles": ("front", 0.75, (1.0,)),
-    "front, then half-height": ("front", 0.75, (1.0, 0.5)),
+SETTINGS = {  # name: (model variant, min score, scales coarse to fine)
+    "back, scale 1": ("back", 0.65, (1.0,)),
+    "back, scale 1 then 0.5 (default)": ("back", 0.65, (1.0, 0.5)),
+    "front, scale 1": ("front", 0.75, (1.0,)),
+    "front, scale 1 then 0.5": ("front", 0.75, (1.0, 0.5)),
 }
 
 
@@ -50,7 +50,7 @@ def found(boxes: np.ndarray, truth: tuple[int, int, int, int]) -> bool:
 
 
 def make_detector(weights_dir: Path, variant: str, min_score: float, tile_scales) -> kernel.FaceDetector:
-    """A kernel FaceDetector on the CPU for one BlazeFace variant and tiling."""
+    """A kernel FaceDetector on the CPU (PyTorch) for one BlazeFace variant and its scales."""
     model = load_checkpoint(create_model(f"blazeface_{variant}"), weights_dir / f"blazeface_{variant}.safetensors")
     spec = replace(load_ensemble(weights_dir / "ensemble.json").detector, tile_scales=tuple(tile_scales))
     return kernel.FaceDetector(BlazeFaceDetector(model, min_score=min_score), spec, kernel.Accelerator("cpu"), 16)

@@ -4,10 +4,12 @@
 video (wall and CPU, all threads) by stage, videos per second and peak memory for:
 - the decode floor: the same frames read by the fastest reader alone (PyAV one video at a time, or two
   reader threads), nothing else;
-- the sequential baseline, as the public DFDC kernels ran: read -> detect -> predict one video at a time,
-  PyTorch eager, a batch = that video's frames;
-- the kernel's own path one video at a time (its runtime choice, no overlap), to show what overlap adds;
-- the kernel: readers decoding ahead in threads, crops batched across videos, onnxruntime on the CPU.
+- the sequential baseline, as the public DFDC kernels ran: read -> detect (BlazeFace on square tiles) ->
+  predict one video at a time, PyTorch eager, a batch = that video's frames;
+- the kernel's own path one video at a time (its runtime choice, no readers, inference on every core), to show
+  what overlap adds;
+- the kernel: reader threads decoding, detecting and cropping ahead, crops batched across videos for each model,
+  onnxruntime on the CPU.
 Without --videos it generates DFDC-like clips (1920x1080, 10 s, 30 fps, H.264 at about 3 Mbit/s with film
 grain, a moving face) once into artifacts/bench/speed/.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -29,11 +32,13 @@ if __package__ in (None, ""):  # `python bench/speed.py` as well as `python -m b
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 import kernel  # noqa: E402
 from bench.manifests import manifest_copy  # noqa: E402
 from bench.samples import FPS, SampleSpec, render_frames, write_video  # noqa: E402
 from bench.zoo_cost import FAMILIES, with_untrained_models  # noqa: E402
+from weights.archs.blazeface import weighted_nms  # noqa: E402
 from weights.sources import REPO_ROOT  # noqa: E402
 
 DFDC_BITRATE = 3_000_000  # DFDC's test clips: H.264 High, about 3 Mbit/s at 1080p
@@ -68,6 +73,46 @@ def with_runtime(manifest: Path, runtime: str, folder: Path) -> Path:
             entry["runtime"] = runtime
 
     return manifest_copy(manifest, folder, force)
+
+
+class TiledFaceDetector(kernel.FaceDetector):
+    """The public BlazeFace kernels' detection: overlapping square tiles of each frame (three across a 1080p
+    frame at scale 1), each resized to the network's input, merged per frame by blended NMS."""
+
+    min_overlap = 0.25
+
+    def _detect_at_scale(self, frames: list[np.ndarray], scale: float) -> list[np.ndarray]:
+        size = self.detector.input_size
+        inputs, owners = [], []
+        for frame_index, frame in enumerate(frames):
+            for top, left, side in self.tiles(*frame.shape[:2], scale):
+                inputs.append(kernel.downsize(frame[top:top + side, left:left + side], size, size))
+                owners.append((frame_index, top, left, side))
+        found: list[list[np.ndarray]] = [[] for _ in frames]
+        for start in range(0, len(inputs), self.batch_size):
+            batch = torch.from_numpy(np.stack(inputs[start:start + self.batch_size]))
+            detections = self.detector.detect(batch, forward=self.accelerator)
+            for (frame_index, top, left, side), dets in zip(owners[start:start + self.batch_size], detections):
+                if len(dets):
+                    dets = dets.copy()
+                    dets[:, [0, 2]] = dets[:, [0, 2]] * side + top   # ymin, ymax
+                    dets[:, [1, 3]] = dets[:, [1, 3]] * side + left  # xmin, xmax
+                    found[frame_index].append(dets)
+        return [self._in_frame_pixels(weighted_nms(np.concatenate(parts)), 1.0) if parts
+                else np.zeros((0, 5), np.float32) for parts in found]
+
+    @classmethod
+    def tiles(cls, height: int, width: int, scale: float) -> list[tuple[int, int, int]]:
+        """(top, left, side) of squares of `scale` x the short side covering the frame, a quarter overlapping."""
+        side = max(1, round(min(height, width) * scale))
+
+        def offsets(length: int) -> list[int]:
+            if length <= side:
+                return [0]
+            count = math.ceil((length - side) / (side * (1 - cls.min_overlap))) + 1
+            return np.linspace(0, length - side, count).round().astype(int).tolist()
+
+        return [(top, left, side) for top in offsets(height) for left in offsets(width)]
 
 
 def cpu_seconds() -> float:
@@ -166,10 +211,14 @@ def main(argv: list[str] | None = None) -> dict:
     report["decode_floor"] = decode_floor(videos, args.frames_per_video, geometries)
     with tempfile.TemporaryDirectory() as folder:
         eager = kernel.Kernel(with_runtime(args.ensemble, "torch", Path(folder)), args.frames_per_video, args.device,
-                              batch_size=args.frames_per_video)
+                              batch_size=args.frames_per_video, readers=0)
+        eager.detector = TiledFaceDetector(eager.detector.detector, eager.detector.spec, eager.accelerator,
+                                           eager.batch_size)
         report["sequential_baseline"] = sequential(eager, videos)
     del eager
-    report["sequential_kernel"] = sequential(runner, videos)
+    alone = kernel.Kernel(args.ensemble, args.frames_per_video, args.device, args.batch_size, readers=0)
+    report["sequential_kernel"] = sequential(alone, videos)  # every core to its inference
+    del alone
     report["kernel"] = pipelined(runner, videos)
     report["peak_rss_mib"] = peak_rss_mib()
     floor, baseline, ours = (report[k]["seconds_per_video"] for k in ("decode_floor", "sequential_baseline", "kernel"))

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     losses, blends = {}, {}
     for count in (int(f) for f in args.frames.split(",")):
-        runner = kernel.Kernel(manifest, count, args.device)
+        runner = kernel.Kernel(manifest, count, args.device, readers=0)
         ensemble = runner.ensemble
         blends[count] = unclipped_blend(model_scores(evaluate(videos, runner, cache), ensemble), ensemble)
         clipped = [blending.clip_prediction(p, ensemble.blend.clip, ensemble.blend.fallback) for p in blends[count]]

@@ -72,7 +72,7 @@ def main() -> None:
             weights = Path(shutil.copytree(args.weights, Path(folder) / "weights"))
             manifest = with_untrained_models(weights / "ensemble.json", {family: FAMILIES[family]},
                                              keep_existing=False)
-            runner = kernel.Kernel(manifest, args.frames_per_video, args.device)
+            runner = kernel.Kernel(manifest, args.frames_per_video, args.device, readers=0)
             runner.process(args.video)  # warm-up: first-call allocations and placement
             runs = [runner.process(args.video).seconds for _ in range(args.repeats)]
         medians = [statistics.median(run.get(stage, 0.0) for run in runs) for stage in kernel.STAGES]

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
 
     manifest = args.ensemble or kernel.default_ensemble()
-    runner = kernel.Kernel(manifest, args.frames_per_video, args.device)
+    runner = kernel.Kernel(manifest, args.frames_per_video, args.device, readers=0)
     videos, _ = labelled_videos(args)
     evaluation: Evaluation = evaluate(videos, runner, PredictionCache(args.cache))
     labels = np.array([v.label for v in videos])

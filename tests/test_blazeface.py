@@ -110,13 +110,14 @@ def test_detects_the_faces_in_reference_photos(converted, reference_dir, variant
 
 
 @pytest.mark.parametrize("variant, tile_scale", [("front", 0.4), ("back", 1.0)])
-def test_tiled_detection_finds_the_four_small_faces(converted, reference_dir, variant, tile_scale):
-    """The four faces are ~12 px wide: the short-range model sees them only through the kernel's smaller tiles."""
+def test_finer_scale_finds_the_four_small_faces(converted, reference_dir, variant, tile_scale):
+    """The four faces are ~12 px wide: the short-range model sees them only at the kernel's finer scale."""
     image = cv2.cvtColor(cv2.imread(str(reference_dir / "4faces.png")), cv2.COLOR_BGR2RGB)
     upscaled = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
     spec = DetectorSpec(arch=f"blazeface_{variant}", checkpoint="", sha256="", min_score=0.0,
                         tile_scales=(tile_scale,), max_faces_per_frame=10)
-    detector = kernel.FaceDetector(_detector(converted[variant], variant), spec, kernel.Accelerator("cpu"), 16)
+    blazeface = _detector(converted[variant], variant, min_score=0.5)
+    detector = kernel.FaceDetector(blazeface, spec, kernel.Accelerator("cpu"), 16)
     (boxes,) = detector.detect([upscaled])
     centres = (boxes[:, :2] + boxes[:, 2:4]) / 2 / 4  # back to the 128 px photo
     for x in FOUR_FACE_CENTRES_X:
@@ -128,6 +129,35 @@ def test_detect_handles_an_empty_batch_and_a_blank_image(converted):
     assert detector.detect(torch.zeros(0, 128, 128, 3, dtype=torch.uint8)) == []
     (blank,) = detector.detect(torch.full((1, 128, 128, 3), 128, dtype=torch.uint8))
     assert blank.shape == (0, 17)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_wider_image_finds_the_face_where_the_square_one_does(converted, reference_dir, variant):
+    """Whole-frame detection: the photo inside a canvas twice as wide gives the same box, shifted by its offset."""
+    detector = _detector(converted[variant], variant)
+    size = detector.input_size
+    photo = _photo(reference_dir, "1face", size)
+    canvas = torch.zeros(1, size, 2 * size, 3, dtype=torch.uint8)
+    canvas[:, :, size // 2:size // 2 + size] = photo
+    (square,), (wide,) = detector.detect(photo), detector.detect(canvas)
+    assert len(square) == len(wide) == 1
+    shifted = wide[0, :4] - np.array([0, 0.5, 0, 0.5], np.float32)  # [ymin, xmin, ymax, xmax] in units of size
+    assert _iou(square[0, :4], shifted) > 0.95
+    assert np.abs(square[0, :4] - shifted).max() < 2 / size
+
+
+def test_detect_rejects_sizes_off_the_coarse_grid(converted):
+    detector = _detector(converted["back"], "back")
+    assert detector.alignment == 32
+    assert len(detector.detect(torch.zeros(1, 64, 96, 3, dtype=torch.uint8))) == 1
+    with pytest.raises(ValueError, match="multiples of 32"):
+        detector.detect(torch.zeros(1, 256, 250, 3, dtype=torch.uint8))
+
+
+def test_anchors_of_a_wide_input_extend_the_square_grid():
+    square, wide = blazeface_anchors(), blazeface_anchors(16, 32)
+    assert len(wide) == 2 * len(square)
+    assert wide[:, 0].max() == pytest.approx(2 - 0.5 / 16) and wide[:, 1].max() == square[:, 1].max()
 
 
 def test_front_and_back_models_agree_on_face_positions(converted, reference_dir):

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -244,6 +245,38 @@ def test_pipelined_run_equals_the_sequential_path(small_videos, ensemble_path, v
         for model, tracks in one.frame_scores.items():
             for a, b in zip(tracks, many.frame_scores[model], strict=True):
                 assert b == pytest.approx(a, abs=1e-6)
+
+
+def test_readers_detect_and_crop_while_the_main_thread_predicts(small_videos, ensemble_path, monkeypatch):
+    runner = kernel.Kernel(ensemble_path, 8, "cpu")
+    threads = {"detect": set(), "predict": set()}
+    real_detect, real_predict = runner.detector.detect, kernel.Classifier.predict
+
+    def detect(frames):
+        threads["detect"].add(threading.current_thread().name)
+        return real_detect(frames)
+
+    def predict(self, crops, accelerator, batch_size):
+        threads["predict"].add(threading.current_thread().name)
+        return real_predict(self, crops, accelerator, batch_size)
+
+    monkeypatch.setattr(runner.detector, "detect", detect)
+    monkeypatch.setattr(kernel.Classifier, "predict", predict)
+    videos, _ = kernel.find_videos(small_videos)
+    results = [r for batch in runner.run(runner.job(path) for path in videos) for r in batch]
+    assert sum(not r.fallback for r in results) == 9
+    assert threads["detect"] and all(name.startswith("reader") for name in threads["detect"])
+    assert threads["predict"] == {threading.main_thread().name}
+
+
+def test_onnxruntime_threads_share_the_cores_among_readers_and_main_thread(ensemble_path, monkeypatch):
+    monkeypatch.setattr(kernel.os, "cpu_count", lambda: 8)
+    for readers, threads in ((3, 2), (1, 4), (0, 8), (8, 1)):
+        runner = kernel.Kernel(ensemble_path, 8, "cpu", readers=readers)
+        assert {c.module.threads for c in runner.classifiers} == {threads}
+        assert runner.detector.detector.network.threads == threads
+    with pytest.raises(ValueError, match="at least one reader"):
+        next(kernel.Kernel(ensemble_path, 8, "cpu", readers=0).run(iter([])))
 
 
 POISON = 7

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from bench import speed
+from bench.small_faces import found, make_detector, scenes_with_face
 
 
 def test_speed_report_has_every_line(ensemble_path, tmp_path):
@@ -41,3 +45,24 @@ def test_heavy_ensemble_adds_two_timm_frame_models_and_a_3d_cnn(ensemble_path, t
     assert report["models"][-3:] == list(speed.HEAVY)
     assert report["kernel"]["fallbacks"] == 0
     assert report["max_label_difference_pipelined_vs_sequential"] <= 1e-6
+
+
+@pytest.mark.parametrize("height,width", [(1080, 1920), (1920, 1080), (720, 1280), (256, 256), (100, 1000)])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_baseline_tiles_cover_the_frame(height, width, scale):
+    tiles = speed.TiledFaceDetector.tiles(height, width, scale)
+    covered = np.zeros((height, width), bool)
+    for top, left, side in tiles:
+        assert 0 <= top and top + side <= height and 0 <= left and left + side <= width
+        covered[top:top + side, left:left + side] = True
+    assert covered.all()
+    if (height, width, scale) == (1080, 1920, 1.0):
+        assert len(tiles) == 3  # as the public BlazeFace kernel tiled a 1080p frame
+
+
+def test_baseline_tiled_detector_finds_the_faces_the_kernel_finds(ensemble_path):
+    whole = make_detector(ensemble_path.parent, "back", 0.65, (1.0, 0.5))
+    tiled = speed.TiledFaceDetector(whole.detector, whole.spec, whole.accelerator, 16)
+    frames, truths = zip(*scenes_with_face(face_width=120, count=3))
+    for boxes in (whole.detect(list(frames)), tiled.detect(list(frames))):
+        assert all(found(b, t) for b, t in zip(boxes, truths))

@@ -50,15 +50,20 @@ def export_onnx(manifest: Path, name: str, opset: int = 18) -> tuple[Path, float
 
 
 def export_detector_onnx(manifest: Path, opset: int = 18) -> tuple[Path, float]:
-    """Export the BlazeFace network (N x S x S x 3 pixels in, boxes and scores out) beside the manifest."""
+    """Export the BlazeFace network (N x H x W x 3 pixels in, boxes and scores out; batch, height and width
+    dynamic, the sides multiples of S / 8) beside the manifest."""
     ensemble = load_ensemble(manifest)
     if not ensemble.detector.arch.startswith("blazeface"):
         raise ValueError(f"only BlazeFace detectors export to ONNX, not {ensemble.detector.arch}")
     network = PixelInputBlazeFace(ensemble.build_detector()).eval()
     size = network.model.input_size
-    pixels = lambda batch: torch.rand(batch, size, size, 3, generator=torch.Generator().manual_seed(batch)) * 255  # noqa: E731
+    cell = size // 8
+    pixels = lambda batch, rows, cols: torch.rand(  # noqa: E731
+        batch, rows * cell, cols * cell, 3, generator=torch.Generator().manual_seed(batch)) * 255
     path = ensemble.root / f"{ensemble.detector.arch}.onnx"
-    digest, difference = _export_checked(network, pixels(2), pixels(3), path, ["boxes", "scores"], opset)
+    # A landscape example and a portrait check: neither side may be specialised to the trained square.
+    digest, difference = _export_checked(network, pixels(2, 8, 14), pixels(3, 10, 6), path, ["boxes", "scores"],
+                                         opset, spatial_multiple=cell)
     detector = dataclasses.replace(ensemble.detector, onnx=path.name, onnx_sha256=digest)
     dataclasses.replace(ensemble, detector=detector).save(manifest)
     log.info("detector: exported to %s, max |onnxruntime - torch| = %.2e", path, difference)
@@ -66,12 +71,16 @@ def export_detector_onnx(manifest: Path, opset: int = 18) -> tuple[Path, float]:
 
 
 def _export_checked(model: torch.nn.Module, example: torch.Tensor, check: torch.Tensor, path: Path,
-                    output_names: list[str], opset: int) -> tuple[str, float]:
-    """Export with a dynamic batch size and compare onnxruntime with PyTorch on another batch size."""
-    batch = torch.export.Dim("batch", min=1, max=1024)
+                    output_names: list[str], opset: int, spatial_multiple: int | None = None) -> tuple[str, float]:
+    """Export with a dynamic batch size (and dynamic height and width, multiples of `spatial_multiple`, for an
+    N x H x W x C input) and compare onnxruntime with PyTorch on another input size."""
+    dims = {0: torch.export.Dim("batch", min=1, max=1024)}
+    if spatial_multiple:
+        dims[1] = spatial_multiple * torch.export.Dim("rows", min=1, max=1024)
+        dims[2] = spatial_multiple * torch.export.Dim("cols", min=1, max=1024)
     input_name = next(iter(inspect.signature(model.forward).parameters))  # dynamic_shapes is keyed by it
     torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=output_names,
-                      dynamic_shapes={input_name: {0: batch}}, opset_version=opset, dynamo=True, verbose=False,
+                      dynamic_shapes={input_name: dims}, opset_version=opset, dynamo=True, verbose=False,
                       external_data=False)
     digest = sha256_of(path)
     difference = max_difference(model, OnnxModule(path, digest), check)

@@ -111,7 +111,7 @@ class DetectorSpec:
     checkpoint: str
     sha256: str
     min_score: float
-    tile_scales: tuple[float, ...] = (1.0, 0.5)  # BlazeFace: tile side / frame short side, coarse to fine
+    tile_scales: tuple[float, ...] = (1.0, 0.5)  # BlazeFace: a square of this x the short side fills its input
     downscale: float = 0.5  # MTCNN: detect as on frames this much smaller (smallest face 20 px / downscale)
     margin: float = 0.2
     max_faces_per_frame: int = 4
@@ -165,18 +165,20 @@ class Ensemble:
         """The detector network with its weights loaded strictly, in eval mode."""
         return _build(self.detector.arch, self.root / self.detector.checkpoint, self.detector.sha256)
 
-    def build_detector_onnx(self, device_type: str = "cpu") -> OnnxModule | None:
-        """The detector's exported network (pixels in, raw outputs out) where the runtime choice says so."""
+    def build_detector_onnx(self, device_type: str = "cpu", threads: int | None = None) -> OnnxModule | None:
+        """The detector's exported network (pixels in, raw outputs out) where the runtime choice says so;
+        `threads`: onnxruntime's threads per call (default: torch's)."""
         if not self.detector.uses_onnx(device_type):
             return None
-        return OnnxModule(self.root / self.detector.onnx, self.detector.onnx_sha256)
+        return OnnxModule(self.root / self.detector.onnx, self.detector.onnx_sha256, threads)
 
-    def build_model(self, spec: ModelSpec, device_type: str = "cpu") -> nn.Module:
-        """One classifier with its weights loaded strictly (or its hash-checked ONNX session), in eval mode."""
+    def build_model(self, spec: ModelSpec, device_type: str = "cpu", threads: int | None = None) -> nn.Module:
+        """One classifier with its weights loaded strictly (or its hash-checked ONNX session, `threads` per call,
+        default torch's), in eval mode."""
         if spec.uses_onnx(device_type):
             # The checkpoint is what a GPU run loads: a wrong or missing one must fail here too, not on Kaggle.
             check_file(self.root / spec.checkpoint, spec.sha256)
-            return OnnxModule(self.root / spec.onnx, spec.onnx_sha256)
+            return OnnxModule(self.root / spec.onnx, spec.onnx_sha256, threads)
         return load_checkpoint(create_model(spec.arch, **spec.arch_kwargs), self.root / spec.checkpoint, spec.sha256)
 
     def to_json(self) -> dict:

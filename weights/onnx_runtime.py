@@ -16,11 +16,13 @@ class OnnxModule(nn.Module):
     `.to(device)` picks the providers, so the kernel's device fallback moves it to the CPU like any module.
     """
 
-    def __init__(self, path: Path, sha256: str):
+    def __init__(self, path: Path, sha256: str, threads: int | None = None):
+        """`threads`: onnxruntime's intra-op threads per call (default: torch's thread count)."""
         super().__init__()
         path = Path(path)
         check_file(path, sha256, what="ONNX model")
         self.path = path
+        self.threads = threads or torch.get_num_threads()
         self.device = torch.device("cpu")
         self.session = self._session(self.device)
         self.eval()
@@ -32,7 +34,7 @@ class OnnxModule(nn.Module):
         if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
+        options.intra_op_num_threads = self.threads
         # Idle threads would otherwise spin on the cores the video readers decode on.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return onnxruntime.InferenceSession(str(self.path), options, providers=providers)

@@ -1,6 +1,7 @@
 """BlazeFace face detectors (MediaPipe short-range "front" 128 and "back" 256) with anchor decoding and blended NMS."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -21,7 +22,9 @@ class SamePadConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
         for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
-            total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+            # (ceil(size / stride) - 1) * stride + kernel - size, written so that an ONNX export with sizes
+            # symbolic multiples of the stride sees a constant.
+            total = max(kernel - (size % stride or stride), 0)
             pads += [total // 2, total - total // 2]
         return super().forward(F.pad(x, pads))
 
@@ -66,8 +69,8 @@ def _stem() -> list[nn.Module]:
 def _flatten_anchors(head_output: torch.Tensor, values_per_anchor: int) -> torch.Tensor:
     """N x (A*V) x H x W -> N x (H*W*A) x V, in TFLite's row-major NHWC anchor order."""
     batch, channels, height, width = head_output.shape
-    anchors = height * width * channels // values_per_anchor
-    return head_output.permute(0, 2, 3, 1).reshape(batch, anchors, values_per_anchor)
+    return head_output.permute(0, 2, 3, 1).reshape(batch, height * width * (channels // values_per_anchor),
+                                                   values_per_anchor)
 
 
 class BlazeFace(nn.Module):
@@ -88,7 +91,8 @@ class BlazeFace(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: N x 3 x S x S RGB in [-1, 1] -> (regressors N x 896 x 16, score logits N x 896)."""
+        """x: N x 3 x H x W RGB in [-1, 1] -> (regressors N x A x 16, score logits N x A): A = 896 anchors at
+        H = W = S, in blazeface_anchors' order."""
         fine, coarse = self.features(x)
         logits = torch.cat([_flatten_anchors(self.classifier_8(fine), 1),
                             _flatten_anchors(self.classifier_16(coarse), 1)], dim=1)
@@ -148,14 +152,15 @@ def blazeface_back() -> BlazeFaceBack:
     return BlazeFaceBack()
 
 
-def blazeface_anchors() -> np.ndarray:
-    """896 x 4 anchors (x_center, y_center, w=1, h=1), normalized: 16x16 cells x 2, then 8x8 cells x 6."""
+def blazeface_anchors(rows: int = 16, cols: int = 16) -> np.ndarray:
+    """Anchors (x_center, y_center, w=1, h=1) in units of the input size S: 2 per cell of the fine map (rows x cols
+    cells of S/16 pixels), then 6 per cell of the coarse map (cells twice that size): 896 on an S x S input."""
     grids = []
-    for cells, per_cell in [(16, 2), (8, 6)]:
-        centres = (np.arange(cells) + 0.5) / cells
-        y, x = np.meshgrid(centres, centres, indexing="ij")
-        grid = np.stack([x.ravel(), y.ravel()], axis=1)
-        grids.append(np.repeat(grid, per_cell, axis=0))
+    for halvings, per_cell in [(1, 2), (2, 6)]:
+        y = (np.arange(math.ceil(rows / halvings)) + 0.5) * halvings / 16
+        x = (np.arange(math.ceil(cols / halvings)) + 0.5) * halvings / 16
+        y, x = np.meshgrid(y, x, indexing="ij")
+        grids.append(np.repeat(np.stack([x.ravel(), y.ravel()], axis=1), per_cell, axis=0))
     centres = np.concatenate(grids)
     return np.concatenate([centres, np.ones_like(centres)], axis=1)
 
@@ -196,7 +201,7 @@ def weighted_nms(detections: np.ndarray, iou_threshold: float = IOU_THRESHOLD) -
         overlapping = _iou(remaining[0, :4], remaining[:, :4]) > iou_threshold
         overlapping[0] = True  # a degenerate zero-area box still represents itself
         cluster = remaining[overlapping]
-        weights = cluster[:, 16:17]
+        weights = cluster[:, 16:17] + 1e-12  # scores can underflow to 0 when min_score is 0
         blended = np.append((cluster[:, :16] * weights).sum(axis=0) / weights.sum(), cluster[0, 16])
         merged.append(blended)
         remaining = remaining[~overlapping]
@@ -204,7 +209,7 @@ def weighted_nms(detections: np.ndarray, iou_threshold: float = IOU_THRESHOLD) -
 
 
 class PixelInputBlazeFace(nn.Module):
-    """BlazeFace fed N x S x S x 3 RGB pixels in [0, 255]; normalising here keeps it on the model's device."""
+    """BlazeFace fed N x H x W x 3 RGB pixels in [0, 255]; normalising here keeps it on the model's device."""
 
     def __init__(self, model: BlazeFace):
         super().__init__()
@@ -218,7 +223,8 @@ Forward = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class BlazeFaceDetector:
-    """Normalise -> BlazeFace -> decode -> blended NMS, for square RGB images already at the model's input size."""
+    """Normalise -> BlazeFace -> decode -> blended NMS, for RGB images at the model's scale: S x S (S = the input
+    size) as trained, or any height and width that are multiples of S / 8 (the coarse map's cell)."""
 
     def __init__(self, model: BlazeFace, variant: str | None = None, min_score: float | None = None,
                  network: nn.Module | None = None):
@@ -226,25 +232,36 @@ class BlazeFaceDetector:
         self.variant = variant or model.variant
         self.network = network or PixelInputBlazeFace(model.eval())
         self.input_size = model.input_size
+        self.alignment = model.input_size // 8
         self.score_threshold = DEFAULT_MIN_SCORE[self.variant] if min_score is None else min_score
-        self.anchors = torch.from_numpy(blazeface_anchors()).float()
+        self._anchors: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
-        return next(self.network.parameters(), self.anchors).device
+        return next(self.network.parameters(), torch.empty(0)).device
+
+    def anchors(self, height: int, width: int) -> torch.Tensor:
+        """The anchors of an input of height x width pixels (computed once per size)."""
+        if (height, width) not in self._anchors:
+            cell = self.input_size // 16
+            self._anchors[height, width] = torch.from_numpy(blazeface_anchors(height // cell, width // cell)).float()
+        return self._anchors[height, width]
 
     def detect(self, images: torch.Tensor, forward: Forward | None = None) -> list[np.ndarray]:
-        """images: N x S x S x 3 RGB, uint8 or float in [0, 255] -> per image (k, 17) float32 detections.
+        """images: N x H x W x 3 RGB, uint8 or float in [0, 255] -> per image (k, 17) float32 detections, in units
+        of the input size S (a box across an S x S image spans 0 to 1).
 
         `forward(network, images)` may replace the plain call, e.g. to place the network on a device with fallback.
         """
-        if tuple(images.shape[1:]) != (self.input_size, self.input_size, 3):
-            size = self.input_size
-            raise ValueError(f"expected N x {size} x {size} x 3 images, got {tuple(images.shape)}")
+        height, width = images.shape[1:3] if images.dim() == 4 else (0, 0)
+        if images.dim() != 4 or images.shape[3] != 3 or not height or not width or height % self.alignment \
+                or width % self.alignment:
+            raise ValueError(f"expected N x H x W x 3 images with H and W multiples of {self.alignment}, "
+                             f"got {tuple(images.shape)}")
         with torch.inference_mode():
             if forward is None:
                 regressors, logits = self.network(images.to(self.device))
             else:
                 regressors, logits = forward(self.network, images)
-            return decode_detections(regressors, logits, self.anchors.to(regressors.device), self.input_size,
-                                     self.score_threshold)
+            return decode_detections(regressors, logits, self.anchors(height, width).to(regressors.device),
+                                     self.input_size, self.score_threshold)
