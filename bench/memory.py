@@ -10,8 +10,9 @@ Per run it measures the kernel process's peak resident set (ru_maxrss of that on
 against /proc/PID/status VmHWM polled while it runs), wall time and seconds per video, and prints:
 videos, peak RSS (MiB), growth against the smallest count, wall s, s/video. A start-up run on an empty folder
 (0 videos: Python, torch and the loaded models) comes first unless `--no-baseline`, and the last line is the
-decoded-frame working set the kernel is designed to hold: (reader threads + videos per batch) decoded clips,
-each the planned frames at full resolution (RGB, uint8).
+decoded-frame working set the kernel is designed to hold: one decoded clip per reader thread (a reader
+detects and crops its clip before it takes the next; the queue behind it holds face crops), each the
+planned frames at full resolution (RGB, uint8).
 
 It exits non-zero, with the kernel's last log lines, when the kernel fails or writes the wrong number of rows.
 """
@@ -203,8 +204,8 @@ def measure(count: int, clips: list[Path], workdir: Path, ensemble: Path, frames
 
 
 def designed_working_set(ensemble: Path, frames: int, device: str, clip: Path, extra: list[str]) -> dict:
-    """Decoded frames the kernel holds at most: `readers + videos_per_batch` clips (what Kernel.run keeps in
-    flight), each the frames it plans for the clip (key frames and clip-model windows), RGB uint8."""
+    """Decoded frames the kernel holds at most: one clip per reader (Kernel.run's readers crop before they
+    hand a video on), each the frames it plans for the clip (key frames and clip-model windows), RGB uint8."""
     import kernel  # torch and the models: only now, after the measured runs
 
     args = kernel.parse_args(["--videos", str(clip.parent), "--ensemble", str(ensemble), "--device", device,
@@ -212,9 +213,8 @@ def designed_working_set(ensemble: Path, frames: int, device: str, clip: Path, e
     runner = kernel.Kernel(ensemble, frames, device, args.batch_size, args.readers)
     decoded = kernel.read_frames(clip, frames, runner._geometries(None))
     frame_bytes = max(frame.nbytes for frame in decoded.frames.values())
-    in_flight = runner.readers + runner.videos_per_batch
-    total = in_flight * len(decoded.frames) * frame_bytes
-    return {"clips_in_flight": in_flight, "readers": runner.readers, "videos_per_batch": runner.videos_per_batch,
+    total = runner.readers * len(decoded.frames) * frame_bytes
+    return {"clips_in_flight": runner.readers, "readers": runner.readers,
             "frames_decoded_per_clip": len(decoded.frames), "bytes_per_frame": frame_bytes,
             "bytes": total, "mib": total / MIB}
 
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                      for reason, n in run["fallbacks"].items()))
     if working_set:
         print(f"designed decoded-frame working set: {working_set['clips_in_flight']} clips in flight "
-              f"({working_set['readers']} readers + {working_set['videos_per_batch']} per batch) x "
+              f"(one per reader; queued videos hold face crops) x "
               f"{working_set['frames_decoded_per_clip']} frames x {working_set['bytes_per_frame'] / MIB:.1f} MiB "
               f"= {working_set['mib']:.0f} MiB")
     if args.json:
