@@ -199,6 +199,11 @@ def _to_cpu(output):
     return type(output)(_to_cpu(item) for item in output)
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def resolve_device(name: str) -> str:
     """'auto' means CUDA when torch sees a GPU, else the CPU."""
     if name == "auto":
@@ -727,7 +732,7 @@ class Kernel:
         self.batch_size = batch_size or (16 if self.accelerator.device.type == "cpu" else 64)
         # The readers and the main thread infer at once: onnxruntime sessions share the cores among them rather
         # than each spread over all of them (on 2 cores that oversubscription cost 0.6 CPU-s per video).
-        threads = max(1, (os.cpu_count() or 1) // (readers + 1))
+        threads = max(1, usable_cpus() // (readers + 1))
         self.detector = make_face_detector(self.ensemble, self.accelerator, self.batch_size, threads)
         self.classifiers = [Classifier(m, self.ensemble.build_model(m, self.accelerator.device.type, threads))
                             for m in self.ensemble.models]

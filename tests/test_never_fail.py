@@ -270,7 +270,8 @@ def test_readers_detect_and_crop_while_the_main_thread_predicts(small_videos, en
 
 
 def test_onnxruntime_threads_share_the_cores_among_readers_and_main_thread(ensemble_path, monkeypatch):
-    monkeypatch.setattr(kernel.os, "cpu_count", lambda: 8)
+    assert kernel.usable_cpus() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(kernel, "usable_cpus", lambda: 8)
     for readers, threads in ((3, 2), (1, 4), (0, 8), (8, 1)):
         runner = kernel.Kernel(ensemble_path, 8, "cpu", readers=readers)
         assert {c.module.threads for c in runner.classifiers} == {threads}
