@@ -238,7 +238,8 @@ class BlazeFaceDetector:
 
     @property
     def device(self) -> torch.device:
-        return next(self.network.parameters(), torch.empty(0)).device
+        parameter = next(self.network.parameters(), None)  # an onnxruntime session has none: it takes CPU tensors
+        return parameter.device if parameter is not None else torch.device("cpu")
 
     def anchors(self, height: int, width: int) -> torch.Tensor:
         """The anchors of an input of height x width pixels (computed once per size)."""
@@ -253,9 +254,8 @@ class BlazeFaceDetector:
 
         `forward(network, images)` may replace the plain call, e.g. to place the network on a device with fallback.
         """
-        height, width = images.shape[1:3] if images.dim() == 4 else (0, 0)
-        if images.dim() != 4 or images.shape[3] != 3 or not height or not width or height % self.alignment \
-                or width % self.alignment:
+        sides = tuple(images.shape[1:3])
+        if images.dim() != 4 or images.shape[3] != 3 or any(side == 0 or side % self.alignment for side in sides):
             raise ValueError(f"expected N x H x W x 3 images with H and W multiples of {self.alignment}, "
                              f"got {tuple(images.shape)}")
         with torch.inference_mode():
@@ -263,5 +263,5 @@ class BlazeFaceDetector:
                 regressors, logits = self.network(images.to(self.device))
             else:
                 regressors, logits = forward(self.network, images)
-            return decode_detections(regressors, logits, self.anchors(height, width).to(regressors.device),
+            return decode_detections(regressors, logits, self.anchors(*sides).to(regressors.device),
                                      self.input_size, self.score_threshold)
