@@ -19,19 +19,16 @@ import statistics
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np
 from tqdm import tqdm
 
 import blending
-import kernel
 from bench.datasets import LabelledVideo, default_root, load_set
 from bench.history import append_run, leaderboard, load_runs
 from bench.metrics import Scores, histogram_png, score, score_table
-from weights import Ensemble, sha256_of
-from weights.sources import REPO_ROOT
+from inference.pipeline import STAGES, Pipeline
+from weights import Ensemble, default_manifest, sha256_of
+from weights.tools.sources import REPO_ROOT
 
 log = logging.getLogger("local_lb")
 LB_DIR = REPO_ROOT / "artifacts" / "lb"
@@ -93,7 +90,7 @@ class Evaluation:
     computed: int  # (video, model) pairs that were not in the cache
 
 
-def evaluate(videos: list[LabelledVideo], runner: kernel.Kernel, cache: PredictionCache) -> Evaluation:
+def evaluate(videos: list[LabelledVideo], runner: Pipeline, cache: PredictionCache) -> Evaluation:
     """Run the kernel on every video for the models the cache lacks; read the rest from the cache."""
     ensemble, count = runner.ensemble, runner.frames_per_video
     evaluation = Evaluation(videos, [], [], [], computed=0)
@@ -117,7 +114,7 @@ def evaluate(videos: list[LabelledVideo], runner: kernel.Kernel, cache: Predicti
 
 
 def predictions(evaluation: Evaluation, ensemble: Ensemble) -> dict[str, np.ndarray]:
-    """What the kernel would write: each model alone (clipped, fallback where it has no score) and the blend."""
+    """What the kernel would write: each model alone (clamped, fallback where it has no score) and the blend."""
     blend = ensemble.blend
     weights = {m.name: m.weight for m in ensemble.models}
     names = [m.name for m in ensemble.models]
@@ -125,16 +122,16 @@ def predictions(evaluation: Evaluation, ensemble: Ensemble) -> dict[str, np.ndar
     for video_scores in model_scores(evaluation, ensemble):
         scores = dict(zip(names, video_scores.tolist()))
         for name, value in scores.items():
-            rows[name].append(blending.clip_prediction(value, blend.clip, blend.fallback))
-        rows[BLEND].append(blending.clip_prediction(blending.blend_models(scores, weights), blend.clip,
-                                                    blend.fallback))
+            rows[name].append(blending.clamp_prediction(value, blend.clamp, blend.fallback))
+        rows[BLEND].append(blending.clamp_prediction(blending.blend_models(scores, weights), blend.clamp,
+                                                     blend.fallback))
     return {name: np.asarray(values) for name, values in rows.items()}
 
 
 def model_scores(evaluation: Evaluation, ensemble: Ensemble) -> np.ndarray:
     """(videos, models) matrix of each model's unclipped video score, NaN where it has none: what a blend fits."""
-    return np.array([[kernel.video_score([np.asarray(t) for t in frame_scores[m.name]], m.aggregation,
-                                         ensemble.tracks) for m in ensemble.models]
+    return np.array([[blending.video_score(frame_scores[m.name], m.aggregation, ensemble.tracks.video_score)
+                      for m in ensemble.models]
                      for frame_scores in evaluation.frame_scores])
 
 
@@ -152,15 +149,15 @@ def score_rows(videos: list[LabelledVideo], predicted: dict[str, np.ndarray], pe
 
 def stage_medians(evaluation: Evaluation) -> dict[str, float]:
     """Median seconds per video of each kernel stage (from the cache where nothing was recomputed)."""
-    return {stage: statistics.median(s.get(stage, 0.0) for s in evaluation.seconds) for stage in kernel.STAGES}
+    return {stage: statistics.median(s.get(stage, 0.0) for s in evaluation.seconds) for stage in STAGES}
 
 
 def run(args: argparse.Namespace) -> tuple[dict, dict[str, Scores]]:
     """The whole local-LB run; returns what --json writes and the score rows."""
     videos, options = labelled_videos(args)
     root = args.root or default_root(args.set)
-    manifest = args.ensemble or kernel.default_ensemble()
-    runner = kernel.Kernel(manifest, args.frames_per_video, args.device, readers=0)
+    manifest = args.ensemble or default_manifest()
+    runner = Pipeline(manifest, args.frames_per_video, args.device, readers=0)
     evaluation = evaluate(videos, runner, PredictionCache(args.cache))
     predicted = predictions(evaluation, runner.ensemble)
     rows = score_rows(videos, predicted, per_method=args.set == "ff")

@@ -1,11 +1,11 @@
-"""Edited copies of an ensemble manifest for benchmarks and tests, still pointing at the original's files."""
+"""Edited copies of an ensemble manifest for benchmarks and tests, pointing at the original weights."""
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from pathlib import Path
 
-FILE_KEYS = ("checkpoint", "onnx")
+from weights.manifest import FILE_FIELDS
 
 
 def manifest_copy(manifest: Path, folder: Path, edit: Callable[[dict], None]) -> Path:
@@ -13,7 +13,7 @@ def manifest_copy(manifest: Path, folder: Path, edit: Callable[[dict], None]) ->
     changed in place by `edit(data)`."""
     data = json.loads(Path(manifest).read_text())
     for entry in [data["detector"], *data["models"]]:
-        for key in FILE_KEYS:
+        for key, _ in FILE_FIELDS:
             if entry.get(key):
                 entry[key] = str(Path(manifest).parent.resolve() / entry[key])
     edit(data)

@@ -10,7 +10,7 @@ Per run it measures the kernel process's peak resident set (ru_maxrss of that on
 against /proc/PID/status VmHWM polled while it runs), wall time and seconds per video, and prints:
 videos, peak RSS (MiB), growth against the smallest count, wall s, s/video. A start-up run on an empty folder
 (0 videos: Python, torch and the loaded models) comes first unless `--no-baseline`, and the last line is the
-decoded-frame working set the kernel is designed to hold: one decoded clip per reader thread (a reader
+decoded-frame working set the kernel is designed to hold: one decoded video per reader thread (a reader
 detects and crops its clip before it takes the next; the queue behind it holds face crops), each the
 planned frames at full resolution (RGB, uint8).
 
@@ -28,11 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python bench/memory.py` as well as `python -m bench.memory`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.samples import FPS, SampleSpec, render_frames, write_video  # noqa: E402
-from weights.sources import REPO_ROOT  # noqa: E402
+from bench.samples import FPS, SampleSpec, render_frames, write_video
+from weights.manifest import default_manifest
+from weights.tools.sources import REPO_ROOT
 
 MIB = 1 << 20
 POLL_SECONDS = 0.2
@@ -204,14 +202,16 @@ def measure(count: int, clips: list[Path], workdir: Path, ensemble: Path, frames
 
 
 def designed_working_set(ensemble: Path, frames: int, device: str, clip: Path, extra: list[str]) -> dict:
-    """Decoded frames the kernel holds at most: one clip per reader (Kernel.run's readers crop before they
-    hand a video on), each the frames it plans for the clip (key frames and clip-model windows), RGB uint8."""
-    import kernel  # torch and the models: only now, after the measured runs
+    """Decoded frames the kernel holds at most: one video per reader (Pipeline.run's readers crop before they
+    hand a video on), each the frames it plans for the video (key frames and clip-model windows), RGB uint8."""
+    from inference.cli import parse_args  # torch and the models: only now, after the measured runs
+    from inference.pipeline import Pipeline
+    from inference.video import read_video
 
-    args = kernel.parse_args(["--videos", str(clip.parent), "--ensemble", str(ensemble), "--device", device,
-                              "--frames-per-video", str(frames), *extra])
-    runner = kernel.Kernel(ensemble, frames, device, args.batch_size, args.readers)
-    decoded = kernel.read_frames(clip, frames, runner._geometries(None))
+    args = parse_args(["--videos", str(clip.parent), "--ensemble", str(ensemble), "--device", device,
+                       "--frames-per-video", str(frames), *extra])
+    runner = Pipeline(ensemble, frames, device, args.batch_size, args.readers)
+    decoded = read_video(clip, frames, runner.clip_geometries())
     frame_bytes = max(frame.nbytes for frame in decoded.frames.values())
     total = runner.readers * len(decoded.frames) * frame_bytes
     return {"clips_in_flight": runner.readers, "readers": runner.readers,
@@ -258,9 +258,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each synthetic clip")
     parser.add_argument("--distinct", type=int, default=4, help="distinct clips the videos link to")
-    parser.add_argument("--ensemble", type=Path,
-                        default=Path(os.environ.get("DEEPFAKE_ENSEMBLE",
-                                                    REPO_ROOT / "artifacts" / "weights" / "ensemble.json")),
+    parser.add_argument("--ensemble", type=Path, default=default_manifest(),
                         help="ensemble manifest (default: $DEEPFAKE_ENSEMBLE, else artifacts/weights/ensemble.json)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     parser.add_argument("--readers", type=int, default=None, help="passed to the kernel (default: the kernel's)")

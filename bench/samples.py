@@ -112,7 +112,8 @@ def set_display_rotation(path: Path, degrees: int) -> Path:
     matrix_at = box + 4 + (40 if version == 0 else 52)  # after version/flags, times, track id, duration, layer...
     cos, sin = round(math.cos(math.radians(degrees))), round(math.sin(math.radians(degrees)))
     one = 1 << 16  # 16.16 fixed point
-    data[matrix_at:matrix_at + 36] = struct.pack(">9i", cos * one, sin * one, 0, -sin * one, cos * one, 0, 0, 0, 1 << 30)
+    matrix = (cos * one, sin * one, 0, -sin * one, cos * one, 0, 0, 0, 1 << 30)
+    data[matrix_at:matrix_at + 36] = struct.pack(">9i", *matrix)
     path.write_bytes(bytes(data))
     return path
 

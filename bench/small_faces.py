@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-import kernel
 from bench.samples import background, face_patch
+from inference.device import Accelerator
+from inference.faces import BlazeFaceFinder
 from weights import create_model, load_checkpoint, load_ensemble
 from weights.archs.blazeface import BlazeFaceDetector
+from weights.manifest import BUILD_DIR
 
 FACE_BOX_AT_SCALE_1 = (70, 55, 180, 195)  # x0, y0, x1, y1 of the face inside the unscaled head-and-shoulders patch
 FACE_WIDTH_AT_SCALE_1 = FACE_BOX_AT_SCALE_1[2] - FACE_BOX_AT_SCALE_1[0]
@@ -49,25 +51,25 @@ def found(boxes: np.ndarray, truth: tuple[int, int, int, int]) -> bool:
     return bool(np.any((centres[:, 0] >= x0) & (centres[:, 0] <= x1) & (centres[:, 1] >= y0) & (centres[:, 1] <= y1)))
 
 
-def make_detector(weights_dir: Path, variant: str, min_score: float, tile_scales) -> kernel.FaceDetector:
-    """A kernel FaceDetector on the CPU (PyTorch) for one BlazeFace variant and its scales."""
+def make_finder(weights_dir: Path, variant: str, min_score: float, scales) -> BlazeFaceFinder:
+    """The kernel's face finder on the CPU (PyTorch) for one BlazeFace variant and its scales."""
     model = load_checkpoint(create_model(f"blazeface_{variant}"), weights_dir / f"blazeface_{variant}.safetensors")
-    spec = replace(load_ensemble(weights_dir / "ensemble.json").detector, tile_scales=tuple(tile_scales))
-    return kernel.FaceDetector(BlazeFaceDetector(model, min_score=min_score), spec, kernel.Accelerator("cpu"), 16)
+    spec = replace(load_ensemble(weights_dir / "ensemble.json").detector, scales=tuple(scales))
+    return BlazeFaceFinder(BlazeFaceDetector(model, min_score=min_score), spec, Accelerator("cpu"), 16)
 
 
-def measure(detector: kernel.FaceDetector, face_width: int, count: int) -> tuple[float, float]:
+def measure(finder: BlazeFaceFinder, face_width: int, count: int) -> tuple[float, float]:
     """(share of frames where the face is found, detector seconds per frame)."""
     frames, truths = zip(*scenes_with_face(face_width, count))
     start = time.perf_counter()
-    boxes = detector.detect(list(frames))
+    boxes = finder.find(list(frames))
     seconds = (time.perf_counter() - start) / count
     return sum(found(b, t) for b, t in zip(boxes, truths)) / count, seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--weights", type=Path, default=Path("artifacts/weights"))
+    parser.add_argument("--weights", type=Path, default=BUILD_DIR)
     parser.add_argument("--widths", default="30,40,50,60,80,120,200")
     parser.add_argument("--frames", type=int, default=16)
     args = parser.parse_args()
@@ -75,9 +77,9 @@ def main() -> None:
     print("share of frames whose face is found (detector seconds per frame), by face width in a 1080p frame")
     print(f"{'setting':34s}" + "".join(f"{w:>14d}px" for w in widths))
     for name, (variant, min_score, scales) in SETTINGS.items():
-        detector = make_detector(args.weights, variant, min_score, scales)
+        finder = make_finder(args.weights, variant, min_score, scales)
         cells = "".join(f"{rate:>8.0%} ({seconds:.2f})" for rate, seconds in
-                        (measure(detector, width, args.frames) for width in widths))
+                        (measure(finder, width, args.frames) for width in widths))
         print(f"{name:34s}{cells}")
 
 

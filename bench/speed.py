@@ -28,18 +28,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python bench/speed.py` as well as `python -m bench.speed`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import kernel  # noqa: E402
-from bench.manifests import manifest_copy  # noqa: E402
-from bench.samples import FPS, SampleSpec, render_frames, write_video  # noqa: E402
-from bench.zoo_cost import FAMILIES, with_untrained_models  # noqa: E402
-from weights.archs.blazeface import weighted_nms  # noqa: E402
-from weights.sources import REPO_ROOT  # noqa: E402
+from bench.manifests import manifest_copy
+from bench.samples import FPS, SampleSpec, render_frames, write_video
+from bench.zoo_cost import FAMILIES, with_untrained_models
+from inference.faces import BlazeFaceFinder, downsize
+from inference.pipeline import STAGES, Pipeline, VideoResult
+from inference.video import find_videos, read_video
+from weights import default_manifest
+from weights.archs.blazeface import weighted_nms
+from weights.tools.sources import REPO_ROOT
 
 DFDC_BITRATE = 3_000_000  # DFDC's test clips: H.264 High, about 3 Mbit/s at 1080p
 KAGGLE_VIDEOS = 4000
@@ -75,18 +75,18 @@ def with_runtime(manifest: Path, runtime: str, folder: Path) -> Path:
     return manifest_copy(manifest, folder, force)
 
 
-class TiledFaceDetector(kernel.FaceDetector):
+class TiledFinder(BlazeFaceFinder):
     """The public BlazeFace kernels' detection: overlapping square tiles of each frame (three across a 1080p
     frame at scale 1), each resized to the network's input, merged per frame by blended NMS."""
 
     min_overlap = 0.25
 
-    def _detect_at_scale(self, frames: list[np.ndarray], scale: float) -> list[np.ndarray]:
+    def find_at_scale(self, frames: list[np.ndarray], scale: float) -> list[np.ndarray]:
         size = self.detector.input_size
         inputs, owners = [], []
         for frame_index, frame in enumerate(frames):
             for top, left, side in self.tiles(*frame.shape[:2], scale):
-                inputs.append(kernel.downsize(frame[top:top + side, left:left + side], size, size))
+                inputs.append(downsize(frame[top:top + side, left:left + side], size, size))
                 owners.append((frame_index, top, left, side))
         found: list[list[np.ndarray]] = [[] for _ in frames]
         for start in range(0, len(inputs), self.batch_size):
@@ -98,7 +98,7 @@ class TiledFaceDetector(kernel.FaceDetector):
                     dets[:, [0, 2]] = dets[:, [0, 2]] * side + top   # ymin, ymax
                     dets[:, [1, 3]] = dets[:, [1, 3]] * side + left  # xmin, xmax
                     found[frame_index].append(dets)
-        return [self._in_frame_pixels(weighted_nms(np.concatenate(parts)), 1.0) if parts
+        return [self.in_frame_pixels(weighted_nms(np.concatenate(parts)), 1.0) if parts
                 else np.zeros((0, 5), np.float32) for parts in found]
 
     @classmethod
@@ -121,8 +121,8 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def stage_medians(results: list[kernel.VideoResult]) -> dict[str, float]:
-    return {stage: statistics.median(r.seconds.get(stage, 0.0) for r in results) for stage in kernel.STAGES}
+def stage_medians(results: list[VideoResult]) -> dict[str, float]:
+    return {stage: statistics.median(r.seconds.get(stage, 0.0) for r in results) for stage in STAGES}
 
 
 def decode_floor(videos: list[Path], frames: int, geometries) -> dict:
@@ -130,12 +130,12 @@ def decode_floor(videos: list[Path], frames: int, geometries) -> dict:
     setups, cpu = {}, {}
     started, cpu_started = time.perf_counter(), cpu_seconds()
     for path in videos:
-        kernel.read_frames(path, frames, geometries)
+        read_video(path, frames, geometries)
     setups["pyav, one video at a time"] = (time.perf_counter() - started) / len(videos)
     cpu["pyav, one video at a time"] = (cpu_seconds() - cpu_started) / len(videos)
     started, cpu_started = time.perf_counter(), cpu_seconds()
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda path: kernel.read_frames(path, frames, geometries), videos))
+        list(pool.map(lambda path: read_video(path, frames, geometries), videos))
     setups["pyav, 2 reader threads"] = (time.perf_counter() - started) / len(videos)
     cpu["pyav, 2 reader threads"] = (cpu_seconds() - cpu_started) / len(videos)
     best = min(setups, key=setups.get)
@@ -143,7 +143,7 @@ def decode_floor(videos: list[Path], frames: int, geometries) -> dict:
             "setups": setups}
 
 
-def sequential(runner: kernel.Kernel, videos: list[Path]) -> dict:
+def sequential(runner: Pipeline, videos: list[Path]) -> dict:
     """One video at a time through read -> detect -> crop -> predict -> blend, nothing overlapped."""
     runner.process(videos[0])  # warm-up: first calls allocate and place
     started, cpu_started = time.perf_counter(), cpu_seconds()
@@ -151,7 +151,7 @@ def sequential(runner: kernel.Kernel, videos: list[Path]) -> dict:
     return _summary(results, time.perf_counter() - started, cpu_seconds() - cpu_started)
 
 
-def pipelined(runner: kernel.Kernel, videos: list[Path]) -> dict:
+def pipelined(runner: Pipeline, videos: list[Path]) -> dict:
     """The kernel's run: readers ahead in threads, crops batched across videos."""
     runner.process(videos[0])
     started, cpu_started = time.perf_counter(), cpu_seconds()
@@ -159,7 +159,7 @@ def pipelined(runner: kernel.Kernel, videos: list[Path]) -> dict:
     return _summary(results, time.perf_counter() - started, cpu_seconds() - cpu_started)
 
 
-def _summary(results: list[kernel.VideoResult], wall: float, cpu: float) -> dict:
+def _summary(results: list[VideoResult], wall: float, cpu: float) -> dict:
     return {"seconds_per_video": wall / len(results), "videos_per_second": len(results) / wall,
             "cpu_seconds_per_video": cpu / len(results),
             "stages": stage_medians(results), "fallbacks": sum(r.fallback for r in results),
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--count", type=int, default=8, help="generated clips (without --videos)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the generated clips")
     parser.add_argument("--bitrate", type=int, default=DFDC_BITRATE, help="bits per second of the generated clips")
-    parser.add_argument("--ensemble", type=Path, default=REPO_ROOT / "artifacts" / "weights" / "ensemble.json")
+    parser.add_argument("--ensemble", type=Path, default=default_manifest())
     parser.add_argument("--frames-per-video", type=int, default=32)
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="cpu")
     parser.add_argument("--readers", type=int, default=2)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     if args.videos:
-        videos, _ = kernel.find_videos(args.videos)
+        videos, _ = find_videos(args.videos)
     else:
         videos = dfdc_like_clips(args.clips, args.count, args.seconds, args.bitrate)
     if not videos:
@@ -202,21 +202,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.heavy:
         weights = Path(shutil.copytree(args.ensemble.parent, Path(workdir.name) / "weights"))
         args.ensemble = with_untrained_models(weights / args.ensemble.name, {name: FAMILIES[name] for name in HEAVY})
-    runner = kernel.Kernel(args.ensemble, args.frames_per_video, args.device, args.batch_size, args.readers)
-    geometries = runner._geometries(None)
+    runner = Pipeline(args.ensemble, args.frames_per_video, args.device, args.batch_size, args.readers)
+    geometries = runner.clip_geometries()
 
     report = {"videos": len(videos), "megabits_per_video": megabits, "frames_per_video": args.frames_per_video,
               "device": str(runner.accelerator.device), "cpus": os.cpu_count(), "ensemble": str(args.ensemble),
               "models": [c.spec.name for c in runner.classifiers]}
     report["decode_floor"] = decode_floor(videos, args.frames_per_video, geometries)
     with tempfile.TemporaryDirectory() as folder:
-        eager = kernel.Kernel(with_runtime(args.ensemble, "torch", Path(folder)), args.frames_per_video, args.device,
-                              batch_size=args.frames_per_video, readers=0)
-        eager.detector = TiledFaceDetector(eager.detector.detector, eager.detector.spec, eager.accelerator,
-                                           eager.batch_size)
+        eager = Pipeline(with_runtime(args.ensemble, "torch", Path(folder)), args.frames_per_video, args.device,
+                         batch_size=args.frames_per_video, readers=0)
+        eager.finder = TiledFinder(eager.finder.detector, eager.finder.spec, eager.accelerator, eager.batch_size)
         report["sequential_baseline"] = sequential(eager, videos)
     del eager
-    alone = kernel.Kernel(args.ensemble, args.frames_per_video, args.device, args.batch_size, readers=0)
+    alone = Pipeline(args.ensemble, args.frames_per_video, args.device, args.batch_size, readers=0)
     report["sequential_kernel"] = sequential(alone, videos)  # every core to its inference
     del alone
     report["kernel"] = pipelined(runner, videos)
@@ -238,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
 def print_report(report: dict) -> None:
     print(f"{report['videos']} videos ({report['megabits_per_video']:.1f} Mbit each), {report['frames_per_video']} "
           f"frames per video, {report['device']}, {report['cpus']} CPUs, models: {', '.join(report['models'])}")
-    print(f"{'':44s}{'s/video':>8s}{'video/s':>9s}{'cpu s':>8s}" + "".join(f"{stage:>8s}" for stage in kernel.STAGES))
+    print(f"{'':44s}{'s/video':>8s}{'video/s':>9s}{'cpu s':>8s}" + "".join(f"{stage:>8s}" for stage in STAGES))
     floor = report["decode_floor"]
     print(f"{'decode floor (' + floor['reader'] + ')':44s}{floor['seconds_per_video']:8.3f}"
           f"{1 / floor['seconds_per_video']:9.3f}{floor['cpu_seconds_per_video']:8.3f}")
@@ -248,7 +247,7 @@ def print_report(report: dict) -> None:
         row = report[key]
         print(f"{title:44s}{row['seconds_per_video']:8.3f}{row['videos_per_second']:9.3f}"
               f"{row['cpu_seconds_per_video']:8.3f}"
-              + "".join(f"{row['stages'][stage]:8.3f}" for stage in kernel.STAGES))
+              + "".join(f"{row['stages'][stage]:8.3f}" for stage in STAGES))
     print(f"kernel / decode floor: {report['kernel_over_floor']:.2f}x (target <= 1.3x); "
           f"baseline / kernel: {report['baseline_over_kernel']:.2f}x (target >= 1.5x)")
     print(f"peak RSS {report['peak_rss_mib']:.0f} MiB; 4000 videos would take "

@@ -1,9 +1,9 @@
-"""Tune frames per video and the clip bounds on a local-LB set.
+"""Tune frames per video and the clamp bounds on a local-LB set.
 
     python bench/tune.py --set dfdc --frames 17,32,48,64 [--root DIR] [--ensemble PATH] [--png PATH]
 
-Prints blend log loss against frames per video (and writes a PNG), then the clip [lo, hi] chosen by
-cross-validation over videos at the best frame count, with the log loss with and without clipping.
+Prints blend log loss against frames per video (and writes a PNG), then the clamp [lo, hi] chosen by
+cross-validation over videos at the best frame count, with the log loss with and without clamping.
 Every frame count goes through the local-LB cache, so a repeated sweep computes only new counts.
 """
 from __future__ import annotations
@@ -12,24 +12,19 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import matplotlib
-
-matplotlib.use("Agg")
 import numpy as np
 from matplotlib.figure import Figure
 
 import blending
-import kernel
+from bench.blend_fit import choose_clamp, log_loss
 from bench.local_lb import LB_DIR, PredictionCache, add_set_arguments, evaluate, labelled_videos, model_scores
 from bench.metrics import format_table
-from blending.fit import choose_clip, log_loss
+from inference.pipeline import Pipeline
+from weights import default_manifest
 
 
-def unclipped_blend(scores: np.ndarray, ensemble) -> np.ndarray:
-    """The blend of each video before clipping (NaN where no model scored)."""
+def unclamped_blend(scores: np.ndarray, ensemble) -> np.ndarray:
+    """The blend of each video before clamping (NaN where no model scored)."""
     weights = {m.name: m.weight for m in ensemble.models}
     names = [m.name for m in ensemble.models]
     return np.array([blending.blend_models(dict(zip(names, row.tolist())), weights) for row in scores])
@@ -46,17 +41,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--set is required")
     videos, _ = labelled_videos(args)
     labels = np.array([v.label for v in videos])
-    manifest = args.ensemble or kernel.default_ensemble()
+    manifest = args.ensemble or default_manifest()
     cache = PredictionCache(args.cache)
 
     losses, blends = {}, {}
     for count in (int(f) for f in args.frames.split(",")):
-        runner = kernel.Kernel(manifest, count, args.device, readers=0)
+        runner = Pipeline(manifest, count, args.device, readers=0)
         ensemble = runner.ensemble
-        blends[count] = unclipped_blend(model_scores(evaluate(videos, runner, cache), ensemble), ensemble)
-        clipped = [blending.clip_prediction(p, ensemble.blend.clip, ensemble.blend.fallback) for p in blends[count]]
-        losses[count] = log_loss(labels, clipped)
-    print(f"{args.set}: {len(videos)} videos, blend log loss (manifest clip {ensemble.blend.clip}) by frames per video")
+        blends[count] = unclamped_blend(model_scores(evaluate(videos, runner, cache), ensemble), ensemble)
+        clamped = [blending.clamp_prediction(p, ensemble.blend.clamp, ensemble.blend.fallback) for p in blends[count]]
+        losses[count] = log_loss(labels, clamped)
+    print(f"{args.set}: {len(videos)} videos, blend log loss (manifest clamp {ensemble.blend.clamp}) "
+          "by frames per video")
     print(format_table(["frames", "log loss"], [[str(c), f"{loss:.4f}"] for c, loss in losses.items()]))
     png = args.png or LB_DIR / f"{args.set}_frames.png"
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -70,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     best = min(losses, key=losses.get)
     folds = min(args.folds, len(videos))
     if folds >= 2:
-        clip = choose_clip(labels, blends[best], folds=folds, fallback=ensemble.blend.fallback)
-        print(f"clip at {best} frames, chosen by {folds}-fold cross-validation over videos: "
-              f"[{clip['lo']}, {clip['hi']}]; log loss unclipped {clip['log_loss_unclipped']:.4f}, "
-              f"clipped {clip['log_loss_clipped']:.4f}, cross-validated clipped {clip['cv_log_loss_clipped']:.4f}")
+        clamp = choose_clamp(labels, blends[best], folds=folds, fallback=ensemble.blend.fallback)
+        print(f"clamp at {best} frames, chosen by {folds}-fold cross-validation over videos: "
+              f"[{clamp['lo']}, {clamp['hi']}]; log loss unclamped {clamp['log_loss_unclamped']:.4f}, "
+              f"clamped {clamp['log_loss_clamped']:.4f}, cross-validated clamped {clamp['cv_log_loss_clamped']:.4f}")
     return 0
 
 

@@ -16,28 +16,36 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-import kernel
-from weights import InputSpec, ModelSpec, create_model, load_ensemble, sha256_of
-from weights.sources import REPO_ROOT, shared_dir
+from inference.pipeline import STAGES, Pipeline
+from weights import InputSpec, ModelSpec, arch_config, create_model, load_ensemble, sha256_of
+from weights.tools.sources import REPO_ROOT, shared_dir
 
-KINETICS = {"mean": (0.43216, 0.394666, 0.37645), "std": (0.22803, 0.22145, 0.216989)}
-IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-# One representative configuration per family, as our users' ensembles run them.
+# One representative configuration per family, as our users' ensembles run them: the architecture's registered
+# input (size, mean, std; timm's pretrained config for timm names), with the clip counts changed where given.
 FAMILIES = {
-    "meso4": dict(arch="meso4", input=InputSpec(256), positive_class="REAL"),
-    "efficientnet_b0": dict(arch="timm/efficientnet_b0", input=InputSpec(224, **IMAGENET)),
-    "efficientnet_b0_hflip": dict(arch="timm/efficientnet_b0", input=InputSpec(224, **IMAGENET), tta=("hflip",)),
-    "xception41": dict(arch="timm/xception41", input=InputSpec(299, mean=(0.5,) * 3, std=(0.5,) * 3)),
-    "r3d_18": dict(arch="r3d_18", kind="clip", input=InputSpec(112, frames=16, stride=1, clips=4, **KINETICS)),
-    "r2plus1d_18": dict(arch="r2plus1d_18", kind="clip", input=InputSpec(112, frames=16, clips=4, **KINETICS)),
-    "i3d": dict(arch="i3d", kind="clip", input=InputSpec(224, frames=16, clips=4, mean=(0.5,) * 3, std=(0.5,) * 3)),
-    "resnet34_3d": dict(arch="resnet34_3d", kind="clip", input=InputSpec(112, frames=16, clips=4, **KINETICS)),
-    "tsm_resnet50": dict(arch="tsm", kind="sequence", arch_kwargs={"backbone": "resnet50", "num_segments": 8},
-                         input=InputSpec(224, frames=8, stride=4, clips=2, **IMAGENET)),
-    "cnn_lstm_spp": dict(arch="cnn_rnn", kind="sequence", arch_kwargs={"backbone": "efficientnet_b0",
-                                                                       "spp_levels": [1, 7]},
-                         input=InputSpec(224, frames=8, stride=4, clips=2, **IMAGENET)),
+    "meso4": dict(arch="meso4", positive_class="REAL"),
+    "efficientnet_b0": dict(arch="timm/efficientnet_b0"),
+    "efficientnet_b0_hflip": dict(arch="timm/efficientnet_b0", tta=("hflip",)),
+    "xception41": dict(arch="timm/xception41"),
+    "r3d_18": dict(arch="r3d_18"),
+    "r2plus1d_18": dict(arch="r2plus1d_18"),
+    "i3d": dict(arch="i3d", input={"frames": 16}),
+    "resnet34_3d": dict(arch="resnet34_3d"),
+    "tsm_resnet50": dict(arch="tsm", arch_kwargs={"backbone": "resnet50", "num_segments": 8},
+                         input={"stride": 4, "clips": 2}),
+    "cnn_lstm_spp": dict(arch="cnn_rnn", arch_kwargs={"backbone": "efficientnet_b0", "spp_levels": [1, 7]},
+                         input={"stride": 4, "clips": 2}),
 }
+
+
+def model_spec(name: str, checkpoint: Path, entry: dict) -> ModelSpec:
+    """A manifest entry: the architecture's registered kind and input, with `entry["input"]` (an InputSpec, or a
+    dict of fields) over them."""
+    config = arch_config(entry["arch"])
+    given = entry.get("input", {})
+    spec_input = given if isinstance(given, InputSpec) else dataclasses.replace(config.input, **given)
+    return ModelSpec(name=name, checkpoint=checkpoint.name, sha256=sha256_of(checkpoint),
+                     **{"kind": config.kind, **entry, "input": spec_input})
 
 
 def with_untrained_models(manifest: Path, entries: dict[str, dict], keep_existing: bool = True) -> Path:
@@ -49,7 +57,7 @@ def with_untrained_models(manifest: Path, entries: dict[str, dict], keep_existin
         model = create_model(entry["arch"], **entry.get("arch_kwargs", {}))
         checkpoint = ensemble.root / f"{name}.safetensors"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
-        specs.append(ModelSpec(name=name, checkpoint=checkpoint.name, sha256=sha256_of(checkpoint), **entry))
+        specs.append(model_spec(name, checkpoint, entry))
     dataclasses.replace(ensemble, models=tuple(specs)).save(manifest)
     return manifest
 
@@ -66,16 +74,16 @@ def main() -> None:
     args = parser.parse_args()
     print(f"seconds per video, median of {args.repeats} ({args.video.name}, {args.frames_per_video} frames, "
           f"{args.device})")
-    print(f"{'family':24s}" + "".join(f"{stage:>9s}" for stage in (*kernel.STAGES, "total")))
+    print(f"{'family':24s}" + "".join(f"{stage:>9s}" for stage in (*STAGES, "total")))
     for family in args.families.split(","):
         with tempfile.TemporaryDirectory() as folder:
             weights = Path(shutil.copytree(args.weights, Path(folder) / "weights"))
             manifest = with_untrained_models(weights / "ensemble.json", {family: FAMILIES[family]},
                                              keep_existing=False)
-            runner = kernel.Kernel(manifest, args.frames_per_video, args.device, readers=0)
+            runner = Pipeline(manifest, args.frames_per_video, args.device, readers=0)
             runner.process(args.video)  # warm-up: first-call allocations and placement
             runs = [runner.process(args.video).seconds for _ in range(args.repeats)]
-        medians = [statistics.median(run.get(stage, 0.0) for run in runs) for stage in kernel.STAGES]
+        medians = [statistics.median(run.get(stage, 0.0) for run in runs) for stage in STAGES]
         totals = statistics.median(sum(run.values()) for run in runs)
         print(f"{family:24s}" + "".join(f"{value:9.2f}" for value in (*medians, totals)))
 

@@ -1,4 +1,5 @@
-"""Frame aggregation, weighted blending and clipping of predictions (applied by the kernel, fitted offline)."""
-from blending.blend import aggregate_frames, blend_models, clip_prediction, combine_tracks
+"""The runtime rules that turn frame scores into one prediction per video: frame aggregation, track combination,
+weighted blend, clamp. Fitting the blend is offline tooling (`bench/blend_fit.py`)."""
+from blending.blend import aggregate_frames, blend_models, clamp_prediction, combine_tracks, video_score
 
-__all__ = ["aggregate_frames", "blend_models", "clip_prediction", "combine_tracks"]
+__all__ = ["aggregate_frames", "blend_models", "clamp_prediction", "combine_tracks", "video_score"]

@@ -1,4 +1,5 @@
-"""Turn per-frame P(FAKE) scores into one clipped prediction per video."""
+"""Turn per-frame P(FAKE) scores into one clamped prediction per video: aggregate frames, combine tracks, blend
+the models, clamp."""
 from __future__ import annotations
 
 import math
@@ -46,6 +47,12 @@ def combine_tracks(track_scores: Sequence[float], method: str = "max") -> float:
     raise ValueError(f"unknown track combination {method!r}")
 
 
+def video_score(track_frame_scores: Sequence[Sequence[float]], aggregation: str = "mean",
+                combine: str = "max") -> float:
+    """One model's video score: each track's frame (or clip) scores aggregated, then the tracks combined."""
+    return combine_tracks([aggregate_frames(scores, aggregation) for scores in track_frame_scores], combine)
+
+
 def blend_models(video_scores: Mapping[str, float], weights: Mapping[str, float]) -> float:
     """Weighted mean of the models' video scores, renormalised over the models that produced a score."""
     total = weighted = 0.0
@@ -57,9 +64,9 @@ def blend_models(video_scores: Mapping[str, float], weights: Mapping[str, float]
     return weighted / total if total > 0 else math.nan
 
 
-def clip_prediction(score: float, clip: tuple[float, float], fallback: float) -> float:
-    """Clip to [lo, hi]; a missing (NaN) score becomes the fallback value."""
+def clamp_prediction(score: float, clamp: tuple[float, float], fallback: float) -> float:
+    """Clamp to [lo, hi]; a missing (NaN) score becomes the fallback value."""
     if not math.isfinite(score):
         return fallback
-    lo, hi = clip
+    lo, hi = clamp
     return min(max(score, lo), hi)

@@ -20,7 +20,6 @@ COMPETITION = "deepfake-detection-challenge"
 DATASET_DIR, KERNEL_DIR = "dataset", "kernel"
 BUNDLE_MANIFEST = "bundle-manifest.json"
 DATASET_METADATA, KERNEL_METADATA = "dataset-metadata.json", "kernel-metadata.json"
-ENSEMBLE_DIR = "ensemble"  # kernel.py reads <bundle>/ensemble/ensemble.json in Kaggle mode
 WHEELS_DIR = "wheels"
 PLACEHOLDER_OWNER = "your-kaggle-username"
 

@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 from packager import PackagingError
-from packager.build import (DEFAULT_DATASET_SLUG, DEFAULT_DATASET_TITLE, DEFAULT_KERNEL_TITLE, BuildOptions,
-                            build)
+from packager.build import DEFAULT_DATASET_SLUG, DEFAULT_DATASET_TITLE, DEFAULT_KERNEL_TITLE, BuildOptions, build
 from packager.wheels import TARGETS
 
 
@@ -17,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = commands.add_parser("build", help="make dist/dataset and dist/kernel")
     b.add_argument("--ensemble", type=Path, default=None,
-                   help="ensemble manifest (default: artifacts/weights/ensemble.json)")
+                   help="ensemble manifest (default: $DEEPFAKE_ENSEMBLE, else artifacts/weights/ensemble.json)")
     b.add_argument("--python-version", default=BuildOptions.python_version, metavar="X.Y",
                    help="the Python of the target image (default: this interpreter's, %(default)s)")
     b.add_argument("--target", choices=TARGETS, default="gpu",
@@ -44,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--videos", type=Path, default=None,
                    help="sample videos (default: synthetic clips from bench.samples)")
     v.add_argument("--ensemble", type=Path, default=None,
-                   help="ensemble of the reference run (default: artifacts/weights/ensemble.json)")
+                   help="ensemble of the reference run "
+                        "(default: $DEEPFAKE_ENSEMBLE, else artifacts/weights/ensemble.json)")
     v.add_argument("--device", choices=("auto", "cpu"), default="auto",
                    help="cpu hides GPUs from both runs (CUDA_VISIBLE_DEVICES=)")
     v.add_argument("--keep", action="store_true", help="keep the work folder (venv, input/, working/)")

@@ -1,7 +1,6 @@
 """`python -m packager build`: dist/dataset (what the kernel imports and installs) and dist/kernel (what runs)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -10,12 +9,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from packager import (BUNDLE_MANIFEST, COMPETITION, DATASET_DIR, DATASET_METADATA, ENSEMBLE_DIR, KERNEL_DIR,
-                      KERNEL_METADATA, PLACEHOLDER_OWNER, REPO_ROOT, WHEELS_DIR, PackagingError)
+from packager import (
+    BUNDLE_MANIFEST,
+    COMPETITION,
+    DATASET_DIR,
+    DATASET_METADATA,
+    KERNEL_DIR,
+    KERNEL_METADATA,
+    PLACEHOLDER_OWNER,
+    REPO_ROOT,
+    WHEELS_DIR,
+    PackagingError,
+)
+from packager import wheels as wheel_tools
 from packager.credentials import credential_like_files, credential_reason, default_owner
 from packager.manifest import sha256_file, write_json, write_manifest
 from packager.trace import trace_runtime_modules
-from packager import wheels as wheel_tools
+from weights.manifest import BUNDLED_ENSEMBLE, default_manifest
 
 DEFAULT_DATASET_SLUG = "deepfake-kit-bundle"
 DEFAULT_DATASET_TITLE = "Deepfake kit bundle"
@@ -58,36 +68,16 @@ def log(message: str) -> None:
     print(f"packager: {message}", flush=True)
 
 
-def _named_files(node, where: str):
-    """(label, path, sha256) for every file a manifest section names: `checkpoint` with `sha256`, and any key
-    X with an `X_sha256` beside it (`onnx` + `onnx_sha256`, for the detector and the models alike)."""
-    if isinstance(node, list):
-        for index, item in enumerate(node):
-            name = item.get("name") if isinstance(item, dict) else None
-            yield from _named_files(item, f"{where}[{index}]" + (f" ({name})" if name else ""))
-    elif isinstance(node, dict):
-        for key, value in node.items():
-            if key == "checkpoint":
-                yield f"{where}.{key}", value, node.get("sha256")
-            elif f"{key}_sha256" in node and value is not None:
-                yield f"{where}.{key}", value, node.get(f"{key}_sha256")
-            elif isinstance(value, (dict, list)):
-                yield from _named_files(value, f"{where}.{key}" if where else key)
-
-
 def ensemble_files(manifest: Path) -> list[EnsembleFile]:
     """Every checkpoint and ONNX file the ensemble manifest names, with the sha256 it gives for it."""
+    from weights import WeightsError, load_ensemble
+
     try:
-        data = json.loads(manifest.read_text())
-    except FileNotFoundError:
-        raise PackagingError(f"ensemble manifest {manifest} is missing (run `python -m weights build`, "
-                             "or give --ensemble)") from None
-    except ValueError as error:
-        raise PackagingError(f"ensemble manifest {manifest} is not valid JSON: {error}") from error
-    if not isinstance(data, dict) or not data.get("models") or not isinstance(data.get("detector"), dict):
-        raise PackagingError(f"ensemble manifest {manifest} lacks a detector or models")
+        named = load_ensemble(manifest).files()
+    except WeightsError as error:
+        raise PackagingError(f"{error} (run `python -m weights build`, or give --ensemble)") from None
     files: dict[str, EnsembleFile] = {}
-    for label, path, digest in _named_files(data, ""):
+    for label, path, digest in ((item.label, item.path, item.sha256) for item in named):
         if not isinstance(path, str) or not path or not digest:
             raise PackagingError(f"{manifest}: {label} names no file or no sha256 ({path!r}, {digest!r})")
         relative = PurePosixPath(path)
@@ -143,7 +133,7 @@ def copy_runtime(repo: Path, dataset: Path) -> list[str]:
 
 def copy_ensemble(manifest: Path, dataset: Path) -> tuple[list[EnsembleFile], dict[str, str]]:
     files = ensemble_files(manifest)
-    source, destination = manifest.parent, dataset / ENSEMBLE_DIR
+    source, destination = manifest.parent, dataset / BUNDLED_ENSEMBLE.parent
     problems = []
     for item in files:
         path = source / item.path
@@ -155,12 +145,12 @@ def copy_ensemble(manifest: Path, dataset: Path) -> tuple[list[EnsembleFile], di
         raise PackagingError(f"ensemble {manifest}:\n  " + "\n  ".join(problems))
     check_models_load(manifest)
     destination.mkdir(parents=True)
-    shutil.copyfile(manifest, destination / "ensemble.json")
+    shutil.copyfile(manifest, dataset / BUNDLED_ENSEMBLE)
     known = {}
     for item in files:
         (destination / item.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / item.path, destination / item.path)
-        known[f"{DATASET_DIR}/{ENSEMBLE_DIR}/{item.path}"] = item.sha256
+        known[f"{DATASET_DIR}/{BUNDLED_ENSEMBLE.parent.as_posix()}/{item.path}"] = item.sha256
     listed = {item.path for item in files} | {manifest.name}
     secrets = credential_like_files(source)
     for relative in secrets:
@@ -214,7 +204,7 @@ def build(options: BuildOptions) -> dict:
     """Build the bundle into options.out and return its manifest."""
     started = time.perf_counter()
     repo = options.repo.resolve()
-    ensemble = (options.ensemble or repo / "artifacts" / "weights" / "ensemble.json").resolve()
+    ensemble = (options.ensemble or default_manifest()).resolve()
     cache_dir = (options.wheel_cache or wheel_tools.default_cache_dir()).resolve()
     owner, dataset_id, kernel_id = check_identity(options)
     out = options.out.resolve()
@@ -254,7 +244,7 @@ def build(options: BuildOptions) -> dict:
             "notes": list(resolution.notes),
             "wheels": [{"name": w.name, "version": w.version, "file": w.filename} for w in resolution.wheels],
             "runtime_modules": modules,
-            "ensemble": {"manifest": f"{DATASET_DIR}/{ENSEMBLE_DIR}/ensemble.json",
+            "ensemble": {"manifest": f"{DATASET_DIR}/{BUNDLED_ENSEMBLE.as_posix()}",
                          "files": [item.path for item in ensemble_items]},
             "dataset_id": dataset_id, "kernel_id": kernel_id, "owner": owner,
         }

@@ -13,8 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from packager import (DATASET_DIR, DATASET_METADATA, KERNEL_DIR, KERNEL_METADATA, PLACEHOLDER_OWNER,
-                      PackagingError)
+from packager import DATASET_DIR, DATASET_METADATA, KERNEL_DIR, KERNEL_METADATA, PLACEHOLDER_OWNER, PackagingError
 from packager.credentials import find_kaggle_credentials, kaggle_config_dirs
 from packager.manifest import check_files
 

@@ -1,7 +1,7 @@
-"""The runtime code set: what importing kernel.py (plus the lazily imported runtime modules) loads from the repo.
+"""The runtime code set: what kernel.py's bootstrap imports (the runtime package and what it imports) from the repo.
 
-Traced in a subprocess rather than kept as a list by hand: a module the kernel starts importing is bundled
-without anyone remembering to add it, and a tooling module is never bundled because the kernel never loads it.
+Traced in a subprocess rather than kept as a list by hand: a module the runtime starts importing is bundled
+without anyone remembering to add it, and a tooling module is never bundled because the runtime never loads it.
 """
 from __future__ import annotations
 
@@ -15,30 +15,21 @@ from pathlib import Path, PurePosixPath
 
 from packager import PackagingError
 
-# Imported lazily by the runtime (weights.registry imports weights.archs on first use; the manifest imports
-# onnxruntime only for ONNX models), so a plain `import kernel` may not load them.
-LAZY_RUNTIME_MODULES = ("weights.archs", "weights.onnx_runtime")
-# Offline tooling: if the trace ever finds one of these, the runtime has started importing tooling.
-TOOLING = (
-    "weights/build.py", "weights/convert_*.py", "weights/export_onnx.py", "weights/sources.py",
-    "*__main__.py", "blending/fit.py", "bench/*", "tests/*", "packager/*", "conftest.py",
-)
+# Offline tooling, the one list of it: if the trace ever finds one of these, the runtime has started importing
+# tooling.
+TOOLING = ("weights/tools/*", "*__main__.py", "bench/*", "tests/*", "packager/*", "conftest.py")
 SKIPPED_DIRS = {"site-packages", "dist-packages", "venv", "node_modules"}
 MARKER = "PACKAGER_TRACE "
 
 _TRACE_SCRIPT = r"""
-import importlib, importlib.util, json, sys
+import importlib.util, json, sys
 from pathlib import Path
 root = Path(sys.argv[1]).resolve()
-sys.path.insert(0, str(root))
 spec = importlib.util.spec_from_file_location("kernel", root / "kernel.py")
 kernel = importlib.util.module_from_spec(spec)
 sys.modules["kernel"] = kernel
-lazy = sys.argv[2:]
-sys.argv = [str(root / "kernel.py")]
 spec.loader.exec_module(kernel)
-for name in lazy:
-    importlib.import_module(name)
+kernel.import_runtime(root)
 files = sorted({str(Path(m.__file__).resolve()) for m in list(sys.modules.values()) if getattr(m, "__file__", None)})
 print(%r + json.dumps(files))
 """ % MARKER
@@ -48,9 +39,8 @@ def is_tooling(relative: str) -> bool:
     return any(fnmatch.fnmatchcase(relative, pattern) for pattern in TOOLING)
 
 
-def trace_runtime_modules(root: Path, python: str = sys.executable,
-                          lazy: tuple[str, ...] = LAZY_RUNTIME_MODULES) -> list[str]:
-    """Sorted POSIX paths, relative to root, of the repository's modules that importing kernel.py loads.
+def trace_runtime_modules(root: Path, python: str = sys.executable) -> list[str]:
+    """Sorted POSIX paths, relative to root, of the repository's modules that kernel.py's bootstrap imports.
 
     kernel.py itself is not in the list (it ships as the kernel's code file, not in the dataset).
     """
@@ -60,7 +50,7 @@ def trace_runtime_modules(root: Path, python: str = sys.executable,
     with tempfile.TemporaryDirectory(prefix="packager-trace-") as empty:
         env = {k: v for k, v in os.environ.items() if k not in ("DEEPFAKE_ENSEMBLE", "PYTHONPATH")}
         env["KAGGLE_INPUT"] = env["KAGGLE_WORKING"] = empty  # no attached dataset, no Kaggle mode
-        process = subprocess.run([python, "-I", "-B", "-c", _TRACE_SCRIPT, str(root), *lazy],
+        process = subprocess.run([python, "-I", "-B", "-c", _TRACE_SCRIPT, str(root)],
                                  cwd=empty, env=env, capture_output=True, text=True)
     lines = [line for line in process.stdout.splitlines() if line.startswith(MARKER)]
     if process.returncode != 0 or not lines:

@@ -31,10 +31,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from packager import (COMPETITION, DATASET_DIR, DATASET_METADATA, ENSEMBLE_DIR, KERNEL_DIR, KERNEL_METADATA,
-                      REPO_ROOT, WHEELS_DIR, PackagingError)
+from packager import (
+    COMPETITION,
+    DATASET_DIR,
+    DATASET_METADATA,
+    KERNEL_DIR,
+    KERNEL_METADATA,
+    REPO_ROOT,
+    WHEELS_DIR,
+    PackagingError,
+)
 from packager.manifest import check_files, sha256_file
 from packager.wheels import _unsatisfied, canonical_name, requirement_name
+from weights.manifest import BUNDLED_ENSEMBLE, default_manifest
 
 PROBE_ADDRESSES = (("1.1.1.1", 443), ("8.8.8.8", 53), ("151.101.0.223", 443))  # Cloudflare, Google, PyPI
 PROBE = r"""
@@ -56,7 +65,7 @@ except OSError as error:
 print("blocked: " + "; ".join(errors) + "; " + lookup)
 """ % (PROBE_ADDRESSES,)
 
-SITECUSTOMIZE = '''"""Written by `python -m packager verify`: no network in this venv, as on Kaggle with the internet off."""
+SITECUSTOMIZE = '''"""Written by `python -m packager verify`: no network in this venv (Kaggle's internet is off)."""
 import ipaddress
 import socket
 
@@ -217,8 +226,8 @@ def check_metadata(dist: Path, manifest: dict) -> None:
                         f"lacks the bundle's dataset {dataset_meta.get('id')!r}")
     if COMPETITION not in kernel_meta.get("competition_sources", []):
         problems.append(f"{KERNEL_DIR}/{KERNEL_METADATA}: competition_sources lacks {COMPETITION}")
-    if not (dist / DATASET_DIR / ENSEMBLE_DIR / "ensemble.json").is_file():
-        problems.append(f"{DATASET_DIR}/{ENSEMBLE_DIR}/ensemble.json is missing")
+    if not (dist / DATASET_DIR / BUNDLED_ENSEMBLE).is_file():
+        problems.append(f"{DATASET_DIR}/{BUNDLED_ENSEMBLE.as_posix()} is missing")
     wheels = sorted(p.name for p in (dist / DATASET_DIR / WHEELS_DIR).glob("*"))
     problems += [f"{DATASET_DIR}/{WHEELS_DIR}/{name}: not a wheel" for name in wheels if not name.endswith(".whl")]
     expected = {canonical_name(w["name"]): w["file"] for w in manifest.get("wheels", [])}
@@ -356,8 +365,8 @@ def verify(options: VerifyOptions) -> dict:
             log(f"checks passed in {time.perf_counter() - started:.1f} s (--check-only: the kernel was not run)")
             return summary
 
-        reference_ensemble = (options.ensemble or options.repo / "artifacts" / "weights" / "ensemble.json").resolve()
-        bundled_ensemble = dist / DATASET_DIR / ENSEMBLE_DIR / "ensemble.json"
+        reference_ensemble = (options.ensemble or default_manifest()).resolve()
+        bundled_ensemble = dist / DATASET_DIR / BUNDLED_ENSEMBLE
         if not reference_ensemble.is_file():
             raise PackagingError(f"reference ensemble {reference_ensemble} is missing: give --ensemble (the one "
                                  f"the bundle was built from, or {bundled_ensemble})")

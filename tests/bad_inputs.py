@@ -6,7 +6,7 @@ same expectations without writing anything, so tests can be parametrized at coll
 
 The contract the expectations encode:
 
-- A *video entry* is any entry below the videos folder whose suffix is in `kernel.VIDEO_SUFFIXES`
+- A *video entry* is any entry below the videos folder whose suffix is in `inference.video.VIDEO_SUFFIXES`
   (case-insensitive): a regular file, a symlink (even a dangling one), a named pipe, a directory. Every video
   entry gets exactly one row in submission.csv and one line in the report. Where no real prediction can be
   made the row holds the manifest's `blend.fallback` and the report line says why (`fallback: true`,
@@ -37,7 +37,7 @@ accept a prediction or the fallback, the fallback still with its reason. Cases t
 are ones where the current BlazeFace finds the face in every sampled frame with a score of 0.9 or more
 (threshold 0.65): a fallback there is a kernel bug, not bad luck. BlazeFace also finds the sideways and
 upside-down faces of the rotated clips before the display matrix is applied, so those cases check that rotated
-input is handled, not that it is turned upright (tests/test_kernel.py checks the orientation).
+input is handled, not that it is turned upright (tests/test_video.py checks the orientation).
 """
 from __future__ import annotations
 

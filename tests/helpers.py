@@ -1,11 +1,13 @@
-"""Running the kernel in-process and reading what it wrote."""
+"""Running the kernel's runtime in-process and reading what it wrote, and the small clips several tests share."""
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-import kernel
+import inference.cli
+from bench.samples import SampleSpec, make_samples
 
 
 def read_rows(path: Path) -> dict[str, float]:
@@ -21,8 +23,17 @@ def read_report(path: Path, ignored: bool = False) -> dict[str, dict]:
     return {entry["filename"]: entry for entry in entries if ("ignored" in entry) == ignored}
 
 
-def run_kernel(videos: Path, out_dir: Path, ensemble: Path, *extra: str) -> tuple[dict, dict]:
+def run_kernel(videos: Path, out_dir: Path, ensemble: Path, *extra: str,
+               clock: Callable[[], float] | None = None) -> tuple[dict, dict]:
+    """`inference.cli.main` on a folder of videos (timed by `clock` when given); the rows and the report."""
     out, report = out_dir / "submission.csv", out_dir / "report.jsonl"
-    assert kernel.main(["--videos", str(videos), "--out", str(out), "--report", str(report),
-                        "--ensemble", str(ensemble), *extra]) == 0
+    argv = ["--videos", str(videos), "--out", str(out), "--report", str(report), "--ensemble", str(ensemble), *extra]
+    assert (inference.cli.main(argv) if clock is None else inference.cli.main(argv, clock=clock)) == 0
     return read_rows(out), read_report(report)
+
+
+def make_small_videos(folder: Path) -> Path:
+    """Ten short 640x360 clips with one face each (and one without), quick to read."""
+    specs = [SampleSpec(f"clip_{i:02d}.mp4", 640, 360, 1) for i in range(9)] + [SampleSpec("empty.mp4", 640, 360, 0)]
+    make_samples(folder, seconds=1.0, specs=specs)
+    return folder

@@ -25,9 +25,19 @@ import numpy as np
 import pytest
 
 import kernel
-from tests.bad_inputs import (CASES, FIFO_CASE, GOOD_NAME, NOT_UTF8_NAME, SMALL_FRAMES, Expectation,
-                               make_bad_inputs, make_fifo_case, make_not_utf8_case)
-from weights.sources import REPO_ROOT
+from inference.video import VIDEO_SUFFIXES
+from tests.bad_inputs import (
+    CASES,
+    FIFO_CASE,
+    GOOD_NAME,
+    NOT_UTF8_NAME,
+    SMALL_FRAMES,
+    Expectation,
+    make_bad_inputs,
+    make_fifo_case,
+    make_not_utf8_case,
+)
+from weights.tools.sources import REPO_ROOT
 
 KERNEL = Path(kernel.__file__).resolve()
 KERNEL_TIMEOUT_S = 180  # the bad-input run takes about 25 s on this 2-core CPU
@@ -49,7 +59,7 @@ class Run:
     rows: list[tuple[str, str]] | None   # (filename, label) in file order; None: no submission.csv
     report: list[dict]
     fallback: float
-    clip: tuple[float, float]
+    clamp: tuple[float, float]
 
     def rows_named(self, name: str) -> list[str]:
         return [label for filename, label in self.rows or [] if filename == name]
@@ -104,7 +114,7 @@ def run_kernel_script(videos: Path, out_dir: Path, ensemble: Path, timeout: floa
         entries = [json.loads(line) for line in report.read_text(errors="surrogateescape").splitlines() if line]
     blend = json.loads(ensemble.read_text()).get("blend", {})
     return Run(videos, {}, returncode, log, seconds, rows, entries, float(blend.get("fallback", 0.5)),
-               tuple(blend.get("clip", (0.0, 1.0))))
+               tuple(blend.get("clamp", (0.0, 1.0))))
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +128,12 @@ def bad_run(request, tmp_path_factory) -> Run:
 
 # ---------------------------------------------------------------------------------------------- the whole run
 
+@pytest.mark.slow
 def test_kernel_exits_zero(bad_run):
     assert bad_run.returncode == 0, bad_run.trace()
 
 
+@pytest.mark.slow
 def test_one_row_per_video_entry_and_no_duplicates(bad_run):
     assert bad_run.rows is not None, "no submission.csv written; " + bad_run.trace()
     names = [filename for filename, _ in bad_run.rows]
@@ -133,6 +145,7 @@ def test_one_row_per_video_entry_and_no_duplicates(bad_run):
     assert len(names) == len(VIDEOS)
 
 
+@pytest.mark.slow
 def test_every_label_is_a_probability(bad_run):
     assert bad_run.rows is not None, "no submission.csv written; " + bad_run.trace()
     bad = [(name, label) for name, label in bad_run.rows
@@ -140,6 +153,7 @@ def test_every_label_is_a_probability(bad_run):
     assert not bad, bad
 
 
+@pytest.mark.slow
 def test_report_has_one_line_per_video_and_per_ignored_file(bad_run):
     named = [entry.get("filename") for entry in bad_run.report]
     missing = sorted(name for name in VIDEOS + IGNORED if named.count(name) == 0)
@@ -149,6 +163,7 @@ def test_report_has_one_line_per_video_and_per_ignored_file(bad_run):
         f"report lines missing for {missing}; repeated for {repeated}; for unknown entries {unknown}")
 
 
+@pytest.mark.slow
 def test_ignored_files_are_listed_with_a_reason(bad_run):
     for name in IGNORED:
         entries = bad_run.report_named(name)
@@ -158,6 +173,7 @@ def test_ignored_files_are_listed_with_a_reason(bad_run):
 
 # ---------------------------------------------------------------------------------------------- per case
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_case(bad_run, name):
     check_case(bad_run, name, bad_run.cases[name])
@@ -190,7 +206,7 @@ def check_case(run: Run, name: str, case: Expectation) -> None:
     else:
         assert case.prediction is not False, "expected the fallback with a reason, got a prediction: " + context
         assert entry.get("blended") is not None and entry.get("model_scores"), context
-        low, high = run.clip
+        low, high = run.clamp
         assert low - 1e-6 <= label <= high + 1e-6, context
 
 
@@ -198,7 +214,7 @@ def check_case(run: Run, name: str, case: Expectation) -> None:
 
 def test_cases_follow_the_kernels_video_suffixes():
     for name, case in {**CASES, "pipe.mp4": FIFO_CASE, NOT_UTF8_NAME: CASES["vfr.mp4"]}.items():
-        assert (Path(name).suffix.lower() in kernel.VIDEO_SUFFIXES) == case.is_video, name
+        assert (Path(name).suffix.lower() in VIDEO_SUFFIXES) == case.is_video, name
     assert len(VIDEOS) >= 30 and len(IGNORED) >= 5
 
 
@@ -214,6 +230,7 @@ def _video_probe(path: Path) -> dict:
                 "max_pixel": max(int(f.to_ndarray(format="rgb24").max()) for f in frames)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_generated_case_is_what_it_claims(bad_run, name):
     case = bad_run.cases[name]
@@ -269,6 +286,7 @@ def _good_clip_scored(run: Run) -> None:
         f"the good clip beside the hazard lost its prediction: {entries}\n{run.trace(GOOD_NAME)}")
 
 
+@pytest.mark.slow
 def test_a_named_pipe_neither_hangs_nor_loses_its_row(request, tmp_path):
     """`pipe.mp4`, a FIFO nobody writes to: opening it blocks, so the kernel must check before it opens."""
     pipe = make_fifo_case(tmp_path / "videos")
@@ -280,6 +298,7 @@ def test_a_named_pipe_neither_hangs_nor_loses_its_row(request, tmp_path):
     _good_clip_scored(run)
 
 
+@pytest.mark.slow
 def test_a_file_name_that_is_not_utf8_costs_no_submission(request, tmp_path):
     """`caf\\xe9.mp4` (Latin-1 bytes) beside a good clip: both get a row, and the good one its prediction.
 

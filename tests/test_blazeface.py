@@ -9,13 +9,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import kernel
+from inference.device import Accelerator
+from inference.faces import BlazeFaceFinder
 from weights import DetectorSpec
 from weights.archs.blazeface import BlazeFaceDetector, blazeface_anchors, weighted_nms
 from weights.checkpoint import WeightsError, load_checkpoint
-from weights.convert_tflite import TFLiteConversionError, convert_blazeface
 from weights.registry import create_model
-from weights.sources import read_blazeface_tflite
+from weights.tools.convert_tflite import TFLiteConversionError, convert_blazeface
+from weights.tools.sources import read_blazeface_tflite
 
 VARIANTS = ("front", "back")
 
@@ -109,16 +110,16 @@ def test_detects_the_faces_in_reference_photos(converted, reference_dir, variant
     assert np.all(detections[:, 16] >= detector.score_threshold)
 
 
-@pytest.mark.parametrize("variant, tile_scale", [("front", 0.4), ("back", 1.0)])
-def test_finer_scale_finds_the_four_small_faces(converted, reference_dir, variant, tile_scale):
+@pytest.mark.parametrize("variant, scale", [("front", 0.4), ("back", 1.0)])
+def test_finer_scale_finds_the_four_small_faces(converted, reference_dir, variant, scale):
     """The four faces are ~12 px wide: the short-range model sees them only at the kernel's finer scale."""
     image = cv2.cvtColor(cv2.imread(str(reference_dir / "4faces.png")), cv2.COLOR_BGR2RGB)
     upscaled = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
     spec = DetectorSpec(arch=f"blazeface_{variant}", checkpoint="", sha256="", min_score=0.0,
-                        tile_scales=(tile_scale,), max_faces_per_frame=10)
+                        scales=(scale,), max_faces_per_frame=10)
     blazeface = _detector(converted[variant], variant, min_score=0.5)
-    detector = kernel.FaceDetector(blazeface, spec, kernel.Accelerator("cpu"), 16)
-    (boxes,) = detector.detect([upscaled])
+    finder = BlazeFaceFinder(blazeface, spec, Accelerator("cpu"), 16)
+    (boxes,) = finder.find([upscaled])
     centres = (boxes[:, :2] + boxes[:, 2:4]) / 2 / 4  # back to the 128 px photo
     for x in FOUR_FACE_CENTRES_X:
         assert np.any((np.abs(centres[:, 0] - x) < 8) & (np.abs(centres[:, 1] - 45) < 8)), (x, centres)

@@ -1,9 +1,9 @@
-"""Frame aggregation, weighted blend and clipping."""
+"""Frame aggregation, weighted blend and clamping."""
 import math
 
 import pytest
 
-from blending import aggregate_frames, blend_models, clip_prediction, combine_tracks
+from blending import aggregate_frames, blend_models, clamp_prediction, combine_tracks
 
 
 def test_mean_of_frames_and_nan_without_frames():
@@ -20,11 +20,11 @@ def test_weighted_blend_skips_models_without_a_score():
     assert math.isnan(blend_models({"a": math.nan}, weights))
 
 
-def test_clip_and_fallback():
-    assert clip_prediction(0.999, (0.01, 0.99), 0.5) == 0.99
-    assert clip_prediction(0.0, (0.01, 0.99), 0.5) == 0.01
-    assert clip_prediction(0.3, (0.01, 0.99), 0.5) == 0.3
-    assert clip_prediction(math.nan, (0.01, 0.99), 0.5) == 0.5
+def test_clamp_and_fallback():
+    assert clamp_prediction(0.999, (0.01, 0.99), 0.5) == 0.99
+    assert clamp_prediction(0.0, (0.01, 0.99), 0.5) == 0.01
+    assert clamp_prediction(0.3, (0.01, 0.99), 0.5) == 0.3
+    assert clamp_prediction(math.nan, (0.01, 0.99), 0.5) == 0.5
 
 
 def test_confident_strategy_follows_the_first_place_rule():

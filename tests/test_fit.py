@@ -1,12 +1,14 @@
-"""Offline blend fitting: log loss, NaN-aware blend, weight fit, cross-validation, clip choice, manifest rewrite."""
+"""Offline blend fitting (bench/blend_fit.py): log loss, NaN-aware blend, weight fit, cross-validation, clamp
+choice, manifest rewrite."""
 import math
 
 import numpy as np
 import pytest
 from scipy.optimize import OptimizeResult
 
-from blending import blend_models, fit
-from blending.fit import blend, choose_clip, cross_validate_weights, fit_weights, log_loss, write_blend
+from bench import blend_fit
+from bench.blend_fit import blend, choose_clamp, cross_validate_weights, fit_weights, log_loss, write_blend
+from blending import blend_models
 from weights.manifest import DetectorSpec, Ensemble, InputSpec, ModelSpec, load_ensemble
 
 
@@ -63,7 +65,7 @@ def test_fitted_weights_are_a_distribution_that_beats_equal_weights(three_models
 def test_failed_optimiser_falls_back_to_equal_weights(three_models, monkeypatch, caplog):
     labels, predictions = three_models
     failure = OptimizeResult(success=False, message="synthetic failure", x=np.array([1.0, 0.0, 0.0]))
-    monkeypatch.setattr(fit, "minimize", lambda *args, **kwargs: failure)
+    monkeypatch.setattr(blend_fit, "minimize", lambda *args, **kwargs: failure)
     assert fit_weights(labels, predictions) == pytest.approx(np.full(3, 1 / 3))
     assert "synthetic failure" in caplog.text
 
@@ -90,24 +92,24 @@ def test_cross_validation_reports_out_of_fold_losses_and_fold_weights(three_mode
     assert len(result["fold_weights"]) == 5 and math.isfinite(result["fitted"])
 
 
-def test_clip_stays_off_for_calibrated_predictions():
+def test_clamp_stays_off_for_calibrated_predictions():
     rng = np.random.default_rng(2)
     truth = rng.uniform(0, 1, 2000)
     labels = (rng.uniform(size=truth.size) < truth).astype(int)
-    result = choose_clip(labels, truth)
+    result = choose_clamp(labels, truth)
     assert result["lo"] == 0.0 and result["hi"] == 1.0
-    assert result["log_loss_clipped"] == pytest.approx(result["log_loss_unclipped"])
+    assert result["log_loss_clamped"] == pytest.approx(result["log_loss_unclamped"])
 
 
-def test_clip_tightens_for_overconfident_predictions():
+def test_clamp_tightens_for_overconfident_predictions():
     rng = np.random.default_rng(3)
     truth = rng.uniform(0.05, 0.95, 2000)
     labels = (rng.uniform(size=truth.size) < truth).astype(int)
     overconfident = sigmoid(6 * np.log(truth / (1 - truth)))
-    result = choose_clip(labels, overconfident)
+    result = choose_clamp(labels, overconfident)
     assert result["lo"] >= 0.05 and result["hi"] == pytest.approx(1 - result["lo"])
-    assert result["log_loss_clipped"] < result["log_loss_unclipped"]
-    assert result["cv_log_loss_clipped"] < result["log_loss_unclipped"]
+    assert result["log_loss_clamped"] < result["log_loss_unclamped"]
+    assert result["cv_log_loss_clamped"] < result["log_loss_unclamped"]
 
 
 def small_manifest(tmp_path):
@@ -122,21 +124,21 @@ def small_manifest(tmp_path):
     return path
 
 
-def test_write_blend_round_trips_weights_and_clip(tmp_path):
+def test_write_blend_round_trips_weights_and_clamp(tmp_path):
     path = small_manifest(tmp_path)
     write_blend(path, weights={"alpha": 0.75, "beta": np.float64(0.25)})
-    write_blend(path, clip=(0.02, 0.98))
+    write_blend(path, clamp=(0.02, 0.98))
     ensemble = load_ensemble(path)
     assert [(m.name, m.weight) for m in ensemble.models] == [("alpha", 0.75), ("beta", 0.25)]
-    assert ensemble.blend.clip == (0.02, 0.98) and ensemble.blend.fallback == 0.5
+    assert ensemble.blend.clamp == (0.02, 0.98) and ensemble.blend.fallback == 0.5
     assert ensemble.models[0].checkpoint == "alpha.pt" and ensemble.detector.arch == "blazeface"
 
 
-def test_write_blend_rejects_a_clip_excluding_the_fallback_and_unknown_models(tmp_path):
+def test_write_blend_rejects_a_clamp_excluding_the_fallback_and_unknown_models(tmp_path):
     path = small_manifest(tmp_path)
     before = path.read_text()
     with pytest.raises(ValueError, match="fallback"):
-        write_blend(path, clip=(0.6, 0.99))
+        write_blend(path, clamp=(0.6, 0.99))
     with pytest.raises(ValueError, match="exactly"):
         write_blend(path, weights={"alpha": 1.0, "gamma": 0.0})
     assert path.read_text() == before

@@ -9,8 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-import blending.__main__ as blend_cli
-from bench import local_lb, tune
+from bench import blend_fit, local_lb, tune
 from bench.samples import SampleSpec, render_frames, write_video
 from tests.helpers import run_kernel
 
@@ -29,6 +28,7 @@ def lb(set_name: str, ensemble: Path, dirs: dict, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_dfdc_sample_scores_like_the_kernel_and_reruns_from_cache(shared, ensemble_path, lb_dirs, tmp_path):
     first = lb("dfdc", ensemble_path, lb_dirs)
     assert first["n"] == 4 and first["computed"] == 4 * 4  # 4 videos x 4 models
@@ -42,6 +42,7 @@ def test_dfdc_sample_scores_like_the_kernel_and_reruns_from_cache(shared, ensemb
     assert again["scores"] == first["scores"]
 
 
+@pytest.mark.slow
 def test_ff_sample_has_a_row_per_method(ensemble_path, lb_dirs):
     report = lb("ff", ensemble_path, lb_dirs)
     assert report["n"] == 7
@@ -76,10 +77,10 @@ def test_timit_layout_with_vidtimit_frame_folders(ensemble_path, lb_dirs, tmp_pa
 
 def test_fitted_blend_beats_or_equals_equal_weights(shared, ensemble_path, lb_dirs, tmp_path, capsys):
     folder = shutil.copytree(ensemble_path.parent, tmp_path / "weights")
-    assert blend_cli.main(["fit", "--set", "dfdc", "--ensemble", str(folder / "ensemble.json"),
+    assert blend_fit.main(["--set", "dfdc", "--ensemble", str(folder / "ensemble.json"),
                            "--frames-per-video", "8", "--cache", str(lb_dirs["cache"]), "--folds", "4"]) == 0
     out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if l.startswith("log loss on the fitting data"))
+    line = next(text for text in out.splitlines() if text.startswith("log loss on the fitting data"))
     fitted, equal = (float(part.split()[-1]) for part in line.split(":")[1].split(","))
     assert fitted <= equal
     weights = [m["weight"] for m in json.loads((folder / "ensemble.json").read_text())["models"]]
@@ -87,11 +88,12 @@ def test_fitted_blend_beats_or_equals_equal_weights(shared, ensemble_path, lb_di
     assert weights != [1.0] * 4
 
 
-def test_tune_sweeps_frames_and_chooses_a_clip(ensemble_path, lb_dirs, tmp_path, capsys):
+@pytest.mark.slow
+def test_tune_sweeps_frames_and_chooses_a_clamp(ensemble_path, lb_dirs, tmp_path, capsys):
     png = tmp_path / "frames.png"
     assert tune.main(["--set", "dfdc", "--ensemble", str(ensemble_path), "--frames", "4,8",
                       "--cache", str(lb_dirs["cache"]), "--png", str(png), "--folds", "4"]) == 0
     out = capsys.readouterr().out
     assert "frames  log loss" in out and "cross-validation over videos" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert np.isfinite(float(out.split("clipped ")[-1].split()[0]))
+    assert np.isfinite(float(out.split("clamped ")[-1].split()[0]))

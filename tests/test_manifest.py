@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from weights import WeightsError, load_ensemble
-from weights.sources import MESONET_FILES
+from weights.tools.sources import MESONET_FILES
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_default_manifest_lists_the_four_mesonets_with_hashes(ensemble_path):
     ensemble = load_ensemble(ensemble_path)
     assert [m.name for m in ensemble.models] == list(MESONET_FILES)
     assert all(len(m.sha256) == 64 and m.positive_class == "REAL" and m.input.size == 256 for m in ensemble.models)
-    assert ensemble.blend.clip == (0.01, 0.99) and ensemble.blend.fallback == 0.5
+    assert ensemble.blend.clamp == (0.01, 0.99) and ensemble.blend.fallback == 0.5
     assert {m.weight for m in ensemble.models} == {1.0}
     for spec in ensemble.models:  # onnxruntime on the CPU, PyTorch on a GPU
         assert spec.runtime == "auto" and (ensemble.root / spec.onnx).is_file()
@@ -66,8 +66,8 @@ def test_missing_checkpoint_is_an_error(manifest_copy, device_type):
 @pytest.mark.parametrize("damage,message", [
     (lambda d: d.update(format=99), "unsupported manifest format"),
     (lambda d: d.update(models=[]), "lists no models"),
-    (lambda d: d["blend"].update(clip=[0.9, 0.1]), "lo < hi"),
-    (lambda d: d["blend"].update(fallback=0.999), "outside the clip range"),
+    (lambda d: d["blend"].update(clamp=[0.9, 0.1]), "blend clamp must satisfy 0 <= lo < hi"),
+    (lambda d: d["blend"].update(fallback=0.999), "outside the clamp range"),
     (lambda d: d["models"][0].update(positive_class="maybe"), "positive_class"),
     (lambda d: d["models"][0].pop("checkpoint"), "malformed"),
     (lambda d: d["models"][1].update(name=d["models"][0]["name"]), "unique"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import memory
-from weights.sources import REPO_ROOT
+from weights.tools.sources import REPO_ROOT
 
 TINY = ["--width", "640", "--height", "360", "--seconds", "1", "--frames-per-video", "8", "--distinct", "2"]
 
@@ -36,6 +36,7 @@ def tiny_run(manifest, tmp_path_factory) -> tuple[dict, str]:
     return json.loads(out.read_text()), str(workdir)
 
 
+@pytest.mark.slow
 def test_each_count_is_measured_in_its_own_kernel_run(tiny_run):
     data, _ = tiny_run
     runs = {run["videos"]: run for run in data["runs"]}
@@ -55,6 +56,7 @@ def test_each_count_is_measured_in_its_own_kernel_run(tiny_run):
     assert runs[4]["growth_mib"] == pytest.approx(runs[4]["peak_rss_mib"] - runs[2]["peak_rss_mib"])
 
 
+@pytest.mark.slow
 def test_json_holds_the_settings_the_machine_and_the_working_set(tiny_run):
     data, workdir = tiny_run
     settings = data["settings"]
@@ -83,6 +85,7 @@ def test_videos_are_distinct_names_linked_to_the_few_clips(tmp_path):
     assert len(list(folder.iterdir())) == 2 and all(c.is_file() for c in clips)
 
 
+@pytest.mark.slow
 def test_a_failing_kernel_stops_the_benchmark_with_its_log(tmp_path):
     broken = tmp_path / "ensemble.json"
     broken.write_text("{}")

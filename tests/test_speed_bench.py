@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from bench import speed
-from bench.small_faces import found, make_detector, scenes_with_face
+from bench.small_faces import found, make_finder, scenes_with_face
+from inference.pipeline import STAGES
 
 
+@pytest.mark.slow
 def test_speed_report_has_every_line(ensemble_path, tmp_path):
     out = tmp_path / "speed.json"
     report = speed.main(["--count", "2", "--seconds", "1", "--frames-per-video", "8", "--clips", str(tmp_path),
@@ -21,11 +23,12 @@ def test_speed_report_has_every_line(ensemble_path, tmp_path):
     for key in ("sequential_baseline", "sequential_kernel", "kernel"):
         row = report[key]
         assert row["seconds_per_video"] > 0 and row["cpu_seconds_per_video"] > 0
-        assert set(row["stages"]) == set(speed.kernel.STAGES) and row["fallbacks"] == 0
+        assert set(row["stages"]) == set(STAGES) and row["fallbacks"] == 0
     assert report["max_label_difference_pipelined_vs_sequential"] <= 1e-6
     assert report["baseline_over_kernel"] > 0 and report["kernel_over_floor"] > 0 and report["peak_rss_mib"] > 100
 
 
+@pytest.mark.slow
 def test_generated_clips_are_dfdc_like(tmp_path):
     import av
 
@@ -39,6 +42,7 @@ def test_generated_clips_are_dfdc_like(tmp_path):
     assert speed.dfdc_like_clips(tmp_path, 1, seconds=3.0) == [clip]  # made once, then reused
 
 
+@pytest.mark.slow
 def test_heavy_ensemble_adds_two_timm_frame_models_and_a_3d_cnn(ensemble_path, tmp_path):
     report = speed.main(["--count", "1", "--seconds", "1", "--frames-per-video", "4", "--clips", str(tmp_path),
                          "--ensemble", str(ensemble_path), "--heavy"])
@@ -50,7 +54,7 @@ def test_heavy_ensemble_adds_two_timm_frame_models_and_a_3d_cnn(ensemble_path, t
 @pytest.mark.parametrize("height,width", [(1080, 1920), (1920, 1080), (720, 1280), (256, 256), (100, 1000)])
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_baseline_tiles_cover_the_frame(height, width, scale):
-    tiles = speed.TiledFaceDetector.tiles(height, width, scale)
+    tiles = speed.TiledFinder.tiles(height, width, scale)
     covered = np.zeros((height, width), bool)
     for top, left, side in tiles:
         assert 0 <= top and top + side <= height and 0 <= left and left + side <= width
@@ -61,8 +65,8 @@ def test_baseline_tiles_cover_the_frame(height, width, scale):
 
 
 def test_baseline_tiled_detector_finds_the_faces_the_kernel_finds(ensemble_path):
-    whole = make_detector(ensemble_path.parent, "back", 0.65, (1.0, 0.5))
-    tiled = speed.TiledFaceDetector(whole.detector, whole.spec, whole.accelerator, 16)
+    whole = make_finder(ensemble_path.parent, "back", 0.65, (1.0, 0.5))
+    tiled = speed.TiledFinder(whole.detector, whole.spec, whole.accelerator, 16)
     frames, truths = zip(*scenes_with_face(face_width=120, count=3))
-    for boxes in (whole.detect(list(frames)), tiled.detect(list(frames))):
+    for boxes in (whole.find(list(frames)), tiled.find(list(frames))):
         assert all(found(b, t) for b, t in zip(boxes, truths))

@@ -1,21 +1,23 @@
-"""The model zoo in the kernel: a mixed 2D + 3D + temporal ensemble end to end, face tracks, and ONNX entries."""
+"""The model zoo in the kernel: a mixed 2D + 3D + temporal ensemble end to end, two people, ONNX entries, MTCNN."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import kernel
+
 from bench.samples import SampleSpec, render_frames, write_video
-from bench.zoo_cost import IMAGENET, KINETICS, with_untrained_models
-from weights import InputSpec, ModelSpec, TrackSpec, load_ensemble, sha256_of
-from weights.export_onnx import export_onnx
+from bench.zoo_cost import with_untrained_models
+from inference.faces import MTCNNFinder
+from inference.pipeline import Pipeline
 from tests.helpers import run_kernel
+from weights import InputSpec, load_ensemble, sha256_of
+from weights.registry import IMAGENET, KINETICS
+from weights.tools.export_onnx import export_onnx
+
+pytestmark = pytest.mark.slow  # each test runs the kernel on real or synthetic videos, some with 3D models
 
 # Untrained extra models (weights seeded): a 3D CNN on 8-frame clips, a temporal 2D model, a timm frame model.
 EXTRA_MODELS = {
@@ -61,48 +63,6 @@ def test_two_people_make_two_tracks(ensemble_path, tmp_path):
         assert entry["model_scores"][name] == pytest.approx(worst_track)  # mean over frames, max over tracks
 
 
-def test_face_shift_is_measured_in_face_sizes():
-    a = np.array([0, 0, 100, 100, 1.0])
-    assert kernel.face_shift(a, a + [60, 80, 60, 80, 0]) == pytest.approx(1.0)
-    assert kernel.face_shift(a, np.array([0, 0, 180, 180, 1.0])) < 1  # a turned face's box shrinks or grows
-    assert kernel.face_shift(a, np.array([0, 0, 250, 250, 1.0])) == math.inf  # 2.5x the side: another face
-
-
-def test_link_tracks_follows_people_across_gaps_and_drops_flickers():
-    person_a = np.array([100, 100, 200, 200, 0.9], np.float32)
-    person_b = np.array([800, 100, 900, 200, 0.9], np.float32)
-    flicker = np.array([500, 600, 540, 640, 0.7], np.float32)
-    moved = person_a + np.array([10, 0, 10, 0, 0], np.float32)
-    frames = [np.stack([person_a, person_b]), np.stack([moved]), np.stack([flicker]),
-              np.stack([person_b, moved + [10, 0, 10, 0, 0]]), np.stack([person_a, person_b])]
-    tracks = kernel.link_tracks(frames, TrackSpec(max_gap=2, min_detections=3))
-    assert sorted(sorted(t.boxes) for t in tracks) == [[0, 1, 3, 4], [0, 3, 4]]
-    short = kernel.link_tracks(frames, TrackSpec(max_gap=0, min_detections=3))
-    # without gap tolerance both people break up and nothing reaches 3 detections: the longest pieces stay
-    assert sorted(sorted(t.boxes) for t in short) == [[0, 1], [3, 4], [3, 4]]
-
-
-def test_track_box_is_interpolated_between_detections():
-    track = kernel.Track({0: np.array([0, 0, 10, 10, 1.0]), 2: np.array([20, 0, 30, 10, 1.0])})
-    np.testing.assert_allclose(track.box_at(15, keys=[0, 10, 20]), [15, 0, 25, 10])
-    np.testing.assert_allclose(track.box_at(40, keys=[0, 10, 20]), [20, 0, 30, 10])
-
-
-def test_hflip_tta_averages_the_two_views():
-    class LeftRightDetector(torch.nn.Module):
-        def forward(self, x):
-            return x[..., : x.shape[-1] // 2].mean(dim=(1, 2, 3)) - x[..., x.shape[-1] // 2:].mean(dim=(1, 2, 3))
-
-    crops = np.zeros((1, 8, 8, 3), np.uint8)
-    crops[:, :, :4] = 255  # bright left half
-    spec = ModelSpec(name="lr", arch="none", checkpoint="", sha256="", input=InputSpec(8))
-    plain = kernel.Classifier(spec, LeftRightDetector())
-    flipped = kernel.Classifier(dataclasses.replace(spec, tta=("hflip",)), LeftRightDetector())
-    accelerator = kernel.Accelerator("cpu")
-    assert plain.predict(crops, accelerator, 4)[0] == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())
-    assert flipped.predict(crops, accelerator, 4)[0] == pytest.approx(0.5)
-
-
 @pytest.mark.parametrize("name", ["meso4_df", "r3d", "gru"])
 def test_onnx_export_matches_torch_and_runs_in_the_kernel(mixed_ensemble, sample_videos, tmp_path, name):
     folder = shutil.copytree(mixed_ensemble.parent, tmp_path / "weights")
@@ -134,7 +94,7 @@ def test_mtcnn_detector_option_runs_the_kernel(shared, ensemble_path, tmp_path):
     data["detector"].update(arch="mtcnn", checkpoint="mtcnn.safetensors", min_score=0.7,
                             sha256=sha256_of(folder / "mtcnn.safetensors"))
     manifest.write_text(json.dumps(data))
-    assert isinstance(kernel.Kernel(manifest, 8, "cpu").detector, kernel.MTCNNFaceDetector)
+    assert isinstance(Pipeline(manifest, 8, "cpu").finder, MTCNNFinder)
     rows, report = run_kernel(shared / "data" / "dfdc_sample", tmp_path, manifest, "--frames-per-video", "8")
     assert len(rows) == 4
     for name, entry in report.items():

@@ -1,11 +1,13 @@
 """The ensemble manifest: a model is a name + arch + checkpoint + input spec, plus the blend the kernel applies.
 
-The manifest is JSON; checkpoint paths are relative to the manifest's folder, so a manifest and its weights
-travel together (into the offline Kaggle dataset, say).
+The manifest is JSON; file paths are relative to the manifest's folder, so a manifest and its weights travel
+together (into the offline Kaggle dataset, say). An entry's `kind` and any `input` field it leaves out come
+from its architecture's registered defaults.
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,14 +15,24 @@ from torch import nn
 
 from weights.checkpoint import WeightsError, check_file, load_checkpoint
 from weights.onnx_runtime import OnnxModule
-from weights.registry import create_model
+from weights.registry import MODEL_KINDS, ArchConfig, InputSpec, arch_config, create_model
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+ROOT = Path(__file__).resolve().parents[1]  # the repository, or the offline bundle's dataset folder
+BUILD_DIR = ROOT / "artifacts" / "weights"  # where `python -m weights build` writes the default ensemble
+BUNDLED_ENSEMBLE = Path("ensemble") / "ensemble.json"  # where the packager puts the manifest in a bundle
+FILE_FIELDS = (("checkpoint", "sha256"), ("onnx", "onnx_sha256"))  # (file key, its hash key) in any entry
 
-
-MODEL_KINDS = ("frame", "clip", "sequence")
 AGGREGATIONS = ("mean", "confident", "confidence_weighted")
 RUNTIMES = ("auto", "torch", "onnx")
+
+
+def default_manifest() -> Path:
+    """$DEEPFAKE_ENSEMBLE, else the locally built manifest, else the bundle's (ensemble/ensemble.json)."""
+    if "DEEPFAKE_ENSEMBLE" in os.environ:
+        return Path(os.environ["DEEPFAKE_ENSEMBLE"])
+    built, bundled = BUILD_DIR / "ensemble.json", ROOT / BUNDLED_ENSEMBLE
+    return bundled if not built.is_file() and bundled.is_file() else built
 
 
 def uses_onnx(runtime: str, onnx: str | None, device_type: str) -> bool:
@@ -30,19 +42,12 @@ def uses_onnx(runtime: str, onnx: str | None, device_type: str) -> bool:
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """How a model wants its input: square face crops, normalised per channel from RGB in [0, 1].
+class ManifestFile:
+    """A file the manifest names: which entry and key name it, its path (relative to the manifest) and sha256."""
 
-    Clip (3D CNN, N x 3 x T x S x S) and sequence (temporal 2D, N x T x 3 x S x S) models also say how many
-    frames T a clip holds, `stride` video frames apart, and how many clips per video to score.
-    """
-
-    size: int
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    frames: int = 1
-    stride: int = 1
-    clips: int = 4
+    label: str
+    path: str
+    sha256: str | None
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,15 @@ class ModelSpec:
     def __post_init__(self):
         checks = [
             (self.kind in MODEL_KINDS, f"kind must be one of {MODEL_KINDS}, not {self.kind!r}"),
-            (self.positive_class in ("FAKE", "REAL"), f"positive_class must be FAKE or REAL, not {self.positive_class!r}"),
+            (self.positive_class in ("FAKE", "REAL"),
+             f"positive_class must be FAKE or REAL, not {self.positive_class!r}"),
             (self.weight >= 0, f"blend weight must be >= 0, not {self.weight}"),
             (set(self.tta) <= {"hflip"}, f"tta may only list 'hflip', not {list(self.tta)}"),
             (self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}, not {self.aggregation!r}"),
             (self.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, not {self.runtime!r}"),
             (self.runtime != "onnx" or (self.onnx and self.onnx_sha256), "runtime onnx needs onnx and onnx_sha256"),
-            ((self.kind == "frame") == (self.input.frames == 1), "frame models take 1 frame, clip and sequence models more"),
+            ((self.kind == "frame") == (self.input.frames == 1),
+             "frame models take 1 frame, clip and sequence models more"),
             (self.input.stride >= 1 and self.input.clips >= 1, "input stride and clips must be at least 1"),
         ]
         for ok, message in checks:
@@ -111,7 +118,7 @@ class DetectorSpec:
     checkpoint: str
     sha256: str
     min_score: float
-    tile_scales: tuple[float, ...] = (1.0, 0.5)  # BlazeFace: a square of this x the short side fills its input
+    scales: tuple[float, ...] = (1.0, 0.5)  # BlazeFace: a square of this x the short side fills its input
     downscale: float = 0.5  # MTCNN: detect as on frames this much smaller (smallest face 20 px / downscale)
     margin: float = 0.2
     max_faces_per_frame: int = 4
@@ -129,17 +136,17 @@ class DetectorSpec:
 
 @dataclass(frozen=True)
 class BlendSpec:
-    """Clip range and the value written for a video with no face or any failure."""
+    """The range predictions are clamped to, and the value written for a video with no face or any failure."""
 
-    clip: tuple[float, float] = (0.01, 0.99)
+    clamp: tuple[float, float] = (0.01, 0.99)
     fallback: float = 0.5
 
     def __post_init__(self):
-        lo, hi = self.clip
+        lo, hi = self.clamp
         if not 0.0 <= lo < hi <= 1.0:
-            raise WeightsError(f"blend clip must satisfy 0 <= lo < hi <= 1, got {self.clip}")
+            raise WeightsError(f"blend clamp must satisfy 0 <= lo < hi <= 1, got {self.clamp}")
         if not lo <= self.fallback <= hi:
-            raise WeightsError(f"blend fallback {self.fallback} lies outside the clip range {self.clip}")
+            raise WeightsError(f"blend fallback {self.fallback} lies outside the clamp range {self.clamp}")
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,13 @@ class Ensemble:
             return OnnxModule(self.root / spec.onnx, spec.onnx_sha256, threads)
         return load_checkpoint(create_model(spec.arch, **spec.arch_kwargs), self.root / spec.checkpoint, spec.sha256)
 
+    def files(self) -> list[ManifestFile]:
+        """Every file the manifest names, detector first, with the sha256 it gives for it."""
+        entries = [("detector", self.detector)]
+        entries += [(f"models[{index}] ({spec.name})", spec) for index, spec in enumerate(self.models)]
+        return [ManifestFile(f"{label}.{key}", getattr(entry, key), getattr(entry, hash_key))
+                for label, entry in entries for key, hash_key in FILE_FIELDS if getattr(entry, key) is not None]
+
     def to_json(self) -> dict:
         """The manifest as written to disk (without `root`)."""
         return {
@@ -213,12 +227,25 @@ def load_ensemble(path: Path) -> Ensemble:
         raise WeightsError(f"{path}: unsupported manifest format {data.get('format')!r}, expected {FORMAT_VERSION}")
     try:
         detector = _parse(DetectorSpec, data["detector"])
-        models = tuple(_parse(ModelSpec, {**m, "input": _parse(InputSpec, m["input"])}) for m in data["models"])
+        models = tuple(_model_spec(entry) for entry in data["models"])
         blend = _parse(BlendSpec, data.get("blend", {}))
         tracks = _parse(TrackSpec, data.get("tracks", {}))
     except (KeyError, TypeError) as error:
         raise WeightsError(f"{path}: malformed manifest entry: {error}") from None
     return Ensemble(root=path.parent, detector=detector, models=models, blend=blend, tracks=tracks)
+
+
+def _model_spec(entry: dict) -> ModelSpec:
+    """A model entry, its kind and missing input fields taken from its architecture's registered defaults."""
+    try:
+        config = arch_config(entry["arch"])
+    except KeyError:
+        if "arch" not in entry:
+            raise
+        config = ArchConfig()  # an unknown arch is named when the model is built
+    defaults = asdict(config.input) if config.input else {}
+    spec_input = _parse(InputSpec, {**defaults, **entry.get("input", {})})
+    return _parse(ModelSpec, {"kind": config.kind, **entry, "input": spec_input})
 
 
 def _parse(spec_class, entry: dict):

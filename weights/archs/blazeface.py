@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weights.registry import register_arch
+from weights.registry import SYMMETRIC, InputSpec, register_arch
 
 SCORE_CLIP = 100.0
 IOU_THRESHOLD = 0.3
@@ -140,13 +140,13 @@ class BlazeFaceBack(BlazeFace):
         return fine, self.final(fine)
 
 
-@register_arch
+@register_arch(input=InputSpec(128, **SYMMETRIC))
 def blazeface_front() -> BlazeFaceFront:
     """MediaPipe short-range BlazeFace (face_detection_short_range.tflite), 128x128 input."""
     return BlazeFaceFront()
 
 
-@register_arch
+@register_arch(input=InputSpec(256, **SYMMETRIC))
 def blazeface_back() -> BlazeFaceBack:
     """MediaPipe back-camera BlazeFace (face_detection_back.tflite), 256x256 input."""
     return BlazeFaceBack()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weights.registry import register_arch
+from weights.registry import InputSpec, register_arch
 
 # Keras BatchNormalization's default epsilon (PyTorch's default is 1e-5).
 KERAS_BN_EPS = 1e-3
@@ -113,13 +113,13 @@ class MesoInception4(_MesoNet):
         return F.max_pool2d(self.bn2(self.inception2(x)), 2)
 
 
-@register_arch
+@register_arch(input=InputSpec(256))
 def meso4() -> Meso4:
     """Meso4, untrained."""
     return Meso4()
 
 
-@register_arch
+@register_arch(input=InputSpec(256))
 def mesoinception4() -> MesoInception4:
     """MesoInception4, untrained."""
     return MesoInception4()

@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, roi_align
 
-from weights.registry import register_arch
+from weights.registry import InputSpec, register_arch
 
 PIXEL_MEAN = 127.5
 PIXEL_SCALE = 0.0078125  # 1 / 128
+# The same normalisation on RGB in [0, 1], as an input spec: (x - 0.5) / (128 / 255).
+NORMALISED = {"mean": (0.5, 0.5, 0.5), "std": (128 / 255,) * 3}
 PNET_STRIDE = 2
 PNET_CELL = 12
 PNET_SCALE_NMS = 0.5  # within one pyramid level
@@ -126,19 +128,19 @@ class MTCNN(nn.Module):
         self.onet = ONet()
 
 
-@register_arch
+@register_arch(input=InputSpec(PNET_CELL, **NORMALISED))
 def mtcnn_pnet() -> PNet:
     """MTCNN proposal network (facenet-pytorch keys)."""
     return PNet()
 
 
-@register_arch
+@register_arch(input=InputSpec(24, **NORMALISED))
 def mtcnn_rnet() -> RNet:
     """MTCNN refinement network, 24x24 input (facenet-pytorch keys)."""
     return RNet()
 
 
-@register_arch
+@register_arch(input=InputSpec(48, **NORMALISED))
 def mtcnn_onet() -> ONet:
     """MTCNN output network, 48x48 input (facenet-pytorch keys)."""
     return ONet()

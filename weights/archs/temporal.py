@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from weights.registry import register_arch
-
+from weights.registry import IMAGENET, InputSpec, register_arch
 
 # --- Temporal Shift Module (Lin, Gan and Han, ICCV 2019) ----------------------------------------------
 
@@ -57,8 +56,9 @@ class TemporalShiftResNet(ResNet):
         return frame_logits.view(clips.shape[0], self.num_segments, -1).mean(dim=1)
 
 
-@register_arch
-def tsm(backbone: str = "resnet50", num_segments: int = 8, shift_div: int = 8, num_classes: int = 1) -> TemporalShiftResNet:
+@register_arch(kind="sequence", input=InputSpec(224, frames=8, **IMAGENET))
+def tsm(backbone: str = "resnet50", num_segments: int = 8, shift_div: int = 8,
+        num_classes: int = 1) -> TemporalShiftResNet:
     """TSM over any timm ResNet-family backbone (resnet, resnext, seresnext...); its state dict is exactly the
     backbone's, so a checkpoint of the timm model (backbone + fc) loads strictly."""
     model = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
@@ -155,7 +155,7 @@ class CnnRnn(nn.Module):
         return self.head(F.dropout(summary, self.dropout, self.training))
 
 
-@register_arch
+@register_arch(kind="sequence", input=InputSpec(224, frames=8, **IMAGENET))
 def cnn_rnn(
     backbone: str = "efficientnet_b0",
     rnn: str = "lstm",

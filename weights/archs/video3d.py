@@ -14,25 +14,29 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import video
 
-from weights.registry import register_arch
+from weights.registry import KINETICS, SYMMETRIC, InputSpec, register_arch
+
+# Kinetics statistics of kenshohara/3D-ResNets-PyTorch (value scale 1), the 3D ResNet's reference training.
+HARA_KINETICS = {"mean": (0.4345, 0.4051, 0.3775), "std": (0.2768, 0.2713, 0.2737)}
+TORCHVISION_VIDEO_INPUT = InputSpec(112, frames=16, **KINETICS)
 
 
 # --- torchvision.models.video -------------------------------------------------------------------------
 
 
-@register_arch
+@register_arch(kind="clip", input=TORCHVISION_VIDEO_INPUT)
 def r3d_18(num_classes: int = 1) -> video.VideoResNet:
     """torchvision R3D-18 (3x3x3 convolutions throughout), untrained, with a num_classes fc."""
     return video.r3d_18(weights=None, num_classes=num_classes)
 
 
-@register_arch
+@register_arch(kind="clip", input=TORCHVISION_VIDEO_INPUT)
 def mc3_18(num_classes: int = 1) -> video.VideoResNet:
     """torchvision MC3-18 (3D convolutions in the stem and layer1, 2D after), untrained, with a num_classes fc."""
     return video.mc3_18(weights=None, num_classes=num_classes)
 
 
-@register_arch
+@register_arch(kind="clip", input=TORCHVISION_VIDEO_INPUT)
 def r2plus1d_18(num_classes: int = 1) -> video.VideoResNet:
     """torchvision R(2+1)D-18 (3D convolutions split into spatial then temporal), untrained, num_classes fc."""
     return video.r2plus1d_18(weights=None, num_classes=num_classes)
@@ -189,7 +193,7 @@ class InceptionI3d(nn.Module):
         return self.head(self.features(clips))
 
 
-@register_arch
+@register_arch(kind="clip", input=InputSpec(224, frames=64, **SYMMETRIC))
 def i3d(num_classes: int = 1, in_channels: int = 3, dropout: float = 0.5) -> InceptionI3d:
     """I3D, untrained. in_channels=2 builds the optical-flow stream; dropout is the drop probability."""
     return InceptionI3d(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
@@ -305,7 +309,7 @@ class ResNet3d(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-@register_arch
+@register_arch(kind="clip", input=InputSpec(112, frames=16, **HARA_KINETICS))
 def resnet34_3d(
     num_classes: int = 1,
     n_input_channels: int = 3,

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from weights.checkpoint import sha256_of
 from weights.archs.blazeface import PixelInputBlazeFace
+from weights.checkpoint import sha256_of
 from weights.manifest import ModelSpec, load_ensemble
 from weights.onnx_runtime import OnnxModule
 

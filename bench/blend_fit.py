@@ -1,25 +1,35 @@
-"""Offline fitting of the blend: model weights and the clip range, by log loss on labelled videos.
+"""Fit the blend on a local-LB set: model weights and the clamp range, by log loss on labelled videos.
 
-Pure functions on arrays (labels: 1 = FAKE; predictions: P(FAKE), one row per video, one column per model).
-The kernel never imports this module; fitted values reach it through the manifest (see `write_blend`).
+    python bench/blend_fit.py --set dfdc|timit|ff [--folds 5] [--dry-run] [local-LB options]
+
+fits non-negative weights summing to 1, compares them with equal weights (on the fitting data and out of fold)
+and writes them into the manifest. It runs the kernel's pipeline through the local leaderboard (cached), so the
+weights are fitted on exactly the scores the kernel produces.
+
+The fitting functions work on arrays (labels: 1 = FAKE; predictions: P(FAKE), one row per video, one column per
+model). The kernel never imports this module; fitted values reach it through the manifest (`write_blend`).
 A video whose blend is missing (NaN) is scored at `fallback`, the value the kernel writes for it.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from scipy.optimize import minimize
 
-from weights.manifest import load_ensemble
+from bench.local_lb import Evaluation, PredictionCache, add_set_arguments, evaluate, labelled_videos, model_scores
+from inference.pipeline import Pipeline
+from weights import default_manifest, load_ensemble
 
 log = logging.getLogger(__name__)
 
 KAGGLE_EPSILON = 1e-15  # Kaggle clips submissions to [eps, 1 - eps] before scoring
-CLIP_CANDIDATES = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+CLAMP_CANDIDATES = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 
 
 def log_loss(labels, predictions) -> float:
@@ -38,7 +48,8 @@ def blend(predictions: np.ndarray, weights) -> np.ndarray:
     predictions = np.asarray(predictions, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64)
     if predictions.ndim != 2 or weights.shape != (predictions.shape[1],):
-        raise ValueError(f"need (videos, models) predictions and one weight per model, got {predictions.shape} and {weights.shape}")
+        raise ValueError(f"need (videos, models) predictions and one weight per model, got {predictions.shape} "
+                         f"and {weights.shape}")
     if np.any(weights < 0):
         raise ValueError(f"blend weights must be >= 0, got {weights}")
     used = np.isfinite(predictions) & (weights > 0)
@@ -94,9 +105,9 @@ def cross_validate_weights(labels, predictions, folds: int = 5, seed: int = 0, f
     }
 
 
-def choose_clip(labels, predictions, candidates: Sequence[float] = CLIP_CANDIDATES, folds: int = 5, seed: int = 0,
+def choose_clamp(labels, predictions, candidates: Sequence[float] = CLAMP_CANDIDATES, folds: int = 5, seed: int = 0,
                 fallback: float = 0.5) -> dict:
-    """The symmetric clip [lo, 1 - lo] minimising log loss of the final (blended) predictions, checked out of fold.
+    """The symmetric clamp [lo, 1 - lo] minimising log loss of the final (blended) predictions, checked out of fold.
 
     Each fold picks its lo on the training folds and is scored on the held-out one; ties go to the smallest lo.
     """
@@ -106,31 +117,31 @@ def choose_clip(labels, predictions, candidates: Sequence[float] = CLIP_CANDIDAT
         raise ValueError(f"need one blended prediction per video, got {predictions.shape} for {labels.shape} labels")
     candidates = np.array(sorted(candidates), dtype=np.float64)
     if candidates.size == 0 or candidates[0] < 0 or candidates[-1] >= 0.5:
-        raise ValueError(f"clip candidates must lie in [0, 0.5), got {candidates.tolist()}")
+        raise ValueError(f"clamp candidates must lie in [0, 0.5), got {candidates.tolist()}")
 
-    def clipped_loss(rows, lo: float) -> float:
-        return log_loss(labels[rows], _clip(predictions[rows], lo, fallback))
+    def clamped_loss(rows, lo: float) -> float:
+        return log_loss(labels[rows], _clamp(predictions[rows], lo, fallback))
 
     def best_lo(rows) -> float:
-        return float(candidates[np.argmin([clipped_loss(rows, lo) for lo in candidates])])
+        return float(candidates[np.argmin([clamped_loss(rows, lo) for lo in candidates])])
 
     out_of_fold = np.empty(len(labels))
     for train, test in _folds(labels, folds, seed):
-        out_of_fold[test] = _clip(predictions[test], best_lo(train), fallback)
+        out_of_fold[test] = _clamp(predictions[test], best_lo(train), fallback)
     everything = np.arange(len(labels))
     lo = best_lo(everything)
     return {
         "lo": lo,
         "hi": 1.0 - lo,
-        "cv_log_loss_clipped": log_loss(labels, out_of_fold),
-        "log_loss_unclipped": log_loss(labels, _with_fallback(predictions, fallback)),
-        "log_loss_clipped": clipped_loss(everything, lo),
+        "cv_log_loss_clamped": log_loss(labels, out_of_fold),
+        "log_loss_unclamped": log_loss(labels, _with_fallback(predictions, fallback)),
+        "log_loss_clamped": clamped_loss(everything, lo),
     }
 
 
 def write_blend(manifest: Path, weights: dict[str, float] | None = None,
-                clip: tuple[float, float] | None = None) -> None:
-    """Rewrite the manifest's model weights (one per model, by name) and/or its blend clip range."""
+                clamp: tuple[float, float] | None = None) -> None:
+    """Rewrite the manifest's model weights (one per model, by name) and/or its blend clamp range."""
     ensemble = load_ensemble(manifest)
     models = ensemble.models
     if weights is not None:
@@ -139,11 +150,11 @@ def write_blend(manifest: Path, weights: dict[str, float] | None = None,
             raise ValueError(f"need a weight for exactly the manifest's models {sorted(names)}, got {sorted(weights)}")
         models = tuple(dataclasses.replace(model, weight=float(weights[model.name])) for model in models)
     blend_spec = ensemble.blend
-    if clip is not None:
-        lo, hi = float(clip[0]), float(clip[1])
+    if clamp is not None:
+        lo, hi = float(clamp[0]), float(clamp[1])
         if not lo <= blend_spec.fallback <= hi:
-            raise ValueError(f"fallback {blend_spec.fallback} lies outside the new clip range ({lo}, {hi})")
-        blend_spec = dataclasses.replace(blend_spec, clip=(lo, hi))
+            raise ValueError(f"fallback {blend_spec.fallback} lies outside the new clamp range ({lo}, {hi})")
+        blend_spec = dataclasses.replace(blend_spec, clamp=(lo, hi))
     dataclasses.replace(ensemble, models=models, blend=blend_spec).save(manifest)
 
 
@@ -166,8 +177,8 @@ def _with_fallback(predictions: np.ndarray, fallback: float) -> np.ndarray:
     return np.where(np.isfinite(predictions), predictions, fallback)
 
 
-def _clip(predictions: np.ndarray, lo: float, fallback: float) -> np.ndarray:
-    """What the kernel writes (`clip_prediction`): clipped scores, the unclipped fallback for missing ones."""
+def _clamp(predictions: np.ndarray, lo: float, fallback: float) -> np.ndarray:
+    """What the kernel writes (`clamp_prediction`): clamped scores, the unclamped fallback for missing ones."""
     return _with_fallback(np.clip(predictions, lo, 1.0 - lo), fallback)
 
 
@@ -185,3 +196,42 @@ def _folds(labels: np.ndarray, folds: int, seed: int):
     fold_of[order] = np.arange(len(labels)) % folds
     for fold in range(folds):
         yield np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_set_arguments(parser)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--dry-run", action="store_true", help="report, but leave the manifest as it is")
+    args = parser.parse_args(argv)
+    if args.set is None:
+        parser.error("--set is required")
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+
+    manifest = args.ensemble or default_manifest()
+    runner = Pipeline(manifest, args.frames_per_video, args.device, readers=0)
+    videos, _ = labelled_videos(args)
+    evaluation: Evaluation = evaluate(videos, runner, PredictionCache(args.cache))
+    labels = np.array([v.label for v in videos])
+    scores = model_scores(evaluation, runner.ensemble)
+    names = [m.name for m in runner.ensemble.models]
+    fallback = runner.ensemble.blend.fallback
+
+    weights = fit_weights(labels, scores, fallback=fallback)
+    equal = np.full(len(names), 1 / len(names))
+    fitted_loss = log_loss(labels, np.nan_to_num(blend(scores, weights), nan=fallback))
+    equal_loss = log_loss(labels, np.nan_to_num(blend(scores, equal), nan=fallback))
+    print(f"{args.set}: {len(videos)} videos, {len(names)} models")
+    print("fitted weights: " + ", ".join(f"{n} {w:.3f}" for n, w in zip(names, weights)))
+    print(f"log loss on the fitting data: fitted {fitted_loss:.4f}, equal weights {equal_loss:.4f}")
+    if len(videos) >= args.folds >= 2:
+        cv = cross_validate_weights(labels, scores, folds=args.folds, fallback=fallback)
+        print(f"{args.folds}-fold cross-validated log loss: fitted {cv['fitted']:.4f}, equal {cv['equal']:.4f}")
+    if not args.dry_run:
+        write_blend(manifest, weights=dict(zip(names, np.round(weights, 6).tolist())))
+        print(f"wrote the weights into {manifest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

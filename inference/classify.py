@@ -1,0 +1,76 @@
+"""Turn crops into P(FAKE) with each model of the ensemble: normalise, lay out, run (batched), read the logit."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from inference.crops import TrackCrops, stack_key
+from inference.device import Accelerator
+from weights import ModelSpec
+
+MEMORY_FORMATS = {"frame": torch.channels_last, "clip": torch.channels_last_3d, "sequence": torch.contiguous_format}
+
+
+class Classifier:
+    """One ensemble model with its input spec, turning uint8 crops (or stacks of them) into P(FAKE)."""
+
+    def __init__(self, spec: ModelSpec, module: torch.nn.Module):
+        self.spec = spec
+        self.module = module
+        self.mean = torch.tensor(spec.input.mean, dtype=torch.float32)
+        self.std = torch.tensor(spec.input.std, dtype=torch.float32)
+        self.memory_format = MEMORY_FORMATS[spec.kind]
+
+    def inputs(self, crops: TrackCrops) -> np.ndarray | None:
+        """This model's input stack among a track's crops, or None where the track has none."""
+        if self.spec.kind == "frame":
+            return crops.faces.get(self.spec.input.size)
+        return crops.clips.get(stack_key(self.spec))
+
+    def predict(self, crops: np.ndarray, accelerator: Accelerator, batch_size: int) -> np.ndarray:
+        """P(FAKE) for (N, S, S, 3) face crops or (N, T, S, S, 3) clips, averaged over the TTA views."""
+        views = [crops] + [np.flip(crops, axis=-2) for name in self.spec.tta if name == "hflip"]
+        return np.mean([self.predict_view(np.ascontiguousarray(v), accelerator, batch_size) for v in views], axis=0)
+
+    def predict_view(self, crops: np.ndarray, accelerator: Accelerator, batch_size: int) -> np.ndarray:
+        """P(FAKE) of one view, `batch_size` inputs per call."""
+        scores = []
+        for start in range(0, len(crops), batch_size):
+            pixels = torch.from_numpy(crops[start:start + batch_size]).float().div_(255)
+            batch = self.layout((pixels - self.mean) / self.std)
+            scores.append(torch.sigmoid(self.logit(accelerator(self.module, batch, self.memory_format))).numpy())
+        return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+    def layout(self, batch: torch.Tensor) -> torch.Tensor:
+        """Channels-last pixels -> the model's layout (as strided views: no copy)."""
+        if self.spec.kind == "frame":
+            return batch.permute(0, 3, 1, 2)          # N, 3, S, S
+        if self.spec.kind == "clip":
+            return batch.permute(0, 4, 1, 2, 3)       # N, 3, T, S, S
+        return batch.permute(0, 1, 4, 2, 3)           # N, T, 3, S, S
+
+    def logit(self, output: torch.Tensor) -> torch.Tensor:
+        """The logit of FAKE from an output of shape (N,), (N, 1) or (N, 2) (column 1 = positive_class)."""
+        if output.dim() == 2 and output.shape[1] == 2:
+            logit = output[:, 1] - output[:, 0]
+        elif output.dim() == 2 and output.shape[1] == 1 or output.dim() == 1:
+            logit = output.reshape(-1)
+        else:
+            raise ValueError(f"model {self.spec.name} returned shape {tuple(output.shape)}; expected N, N x 1 or N x 2")
+        return -logit if self.spec.positive_class == "REAL" else logit
+
+
+def score_tracks(inputs: list[TrackCrops], classifiers: list[Classifier], accelerator: Accelerator,
+                 batch_size: int) -> dict[str, list[np.ndarray]]:
+    """Per model, per track, the P(FAKE) of each of its frames (or clips); empty where the track has no input."""
+    scores: dict[str, list[np.ndarray]] = {}
+    for classifier in classifiers:
+        stacks = [classifier.inputs(t) for t in inputs]
+        present = [i for i, stack in enumerate(stacks) if stack is not None]
+        per_track = [np.zeros(0, np.float32) for _ in stacks]
+        if present:  # one batched run over all tracks of the video, split back per track
+            flat = classifier.predict(np.concatenate([stacks[i] for i in present]), accelerator, batch_size)
+            for i, part in zip(present, np.split(flat, np.cumsum([len(stacks[i]) for i in present])[:-1])):
+                per_track[i] = part
+        scores[classifier.spec.name] = per_track
+    return scores

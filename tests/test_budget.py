@@ -1,0 +1,152 @@
+"""inference.budget: the time budget projects the finish from the measured rate, steps down the work per video,
+and skips what cannot finish; unit tests on a fake clock, end to end on a shifted one."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.manifests import manifest_copy
+from inference.budget import TimeBudget, budget_levels
+from inference.classify import Classifier
+from inference.pipeline import VideoResult
+from tests.helpers import make_small_videos, run_kernel
+
+
+@pytest.fixture(scope="module")
+def small_videos(tmp_path_factory) -> Path:
+    return make_small_videos(tmp_path_factory.mktemp("small"))
+
+
+def optional_copy(ensemble_path: Path, folder: Path, optional: str) -> Path:
+    """The test ensemble with one model marked optional (the manifest points at the original weights)."""
+    def mark(data):
+        for model in data["models"]:
+            model["optional"] = model["name"] == optional
+
+    return manifest_copy(ensemble_path, folder, mark)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class ShiftedClock:
+    """The real clock plus `shift` seconds: a test adds to the shift to make the run look slower than it is."""
+
+    def __init__(self):
+        self.shift = 0.0
+
+    def __call__(self):
+        return time.perf_counter() + self.shift
+
+
+def finished(level=0, skipped=False):
+    return VideoResult("v.mp4", 0.5, budget_level=level, skipped=skipped)
+
+
+def test_budget_levels_step_down_frames_then_drop_optional_models():
+    assert budget_levels(32, frozenset({"slow"})) == [
+        (32, frozenset()), (16, frozenset()), (8, frozenset()), (8, frozenset({"slow"}))]
+    assert budget_levels(8, frozenset()) == [(8, frozenset())]
+    assert budget_levels(12, frozenset()) == [(12, frozenset()), (8, frozenset())]
+
+
+def test_budget_projects_from_the_rate_and_skips_past_the_point_of_no_return():
+    clock = FakeClock()
+    budget = TimeBudget(150.0, clock.now, total=20, frames=32, models=["a", "slow"], optional=["slow"], clock=clock)
+
+    def finish(count):  # plan a batch of 2 videos, take 20 s over it: 20 videos would take 200 s of 150 s
+        for _ in range(count):
+            jobs = [budget.plan(Path("v.mp4")) for _ in range(2)]
+            clock.now += 20
+            budget.record([finished(job.budget_level, bool(job.skip)) for job in jobs])
+        return jobs[0]
+
+    first = finish(1)
+    assert (first.frames, first.models, budget.rate, budget.level) == (32, None, None, 0)  # warm-up: no rate
+    finish(1)
+    assert budget.rate == pytest.approx(10) and budget.level == 1
+    assert budget.plan(Path("x.mp4")).frames == 16
+    budget.record([finished(level=0)])  # planned before the switch: not the new level's rate
+    for expected_level in (2, 3):  # the rate is re-measured at each level before stepping down again
+        finish(1)
+        assert budget.level == expected_level - 1
+        finish(1)
+        assert budget.level == expected_level
+    job = budget.plan(Path("y.mp4"))
+    assert job.frames == 8 and job.models == frozenset({"a"}) and job.skip is None
+    clock.now = budget.deadline - 15  # y in flight + one more at 10 s each would overrun
+    assert "time budget" in budget.plan(Path("z.mp4")).skip
+    budget.record([finished(level=3, skipped=True)] * 5)  # skipped videos cost nothing: the rate stands
+    assert budget.rate == pytest.approx(10)
+
+
+def test_no_budget_means_no_degradation():
+    clock = FakeClock()
+    budget = TimeBudget(None, clock.now, total=5, frames=32, models=["a"], optional=[], clock=clock)
+    for _ in range(5):
+        clock.now += 1e6
+        budget.record([finished()])
+    assert budget.level == 0 and budget.plan(Path("a.mp4")).skip is None
+
+
+@pytest.mark.slow
+def test_slow_model_run_degrades_and_finishes_inside_the_budget(small_videos, ensemble_path, tmp_path, monkeypatch):
+    """An artificially slow optional model: the run steps down, drops it, and ends before the budget.
+
+    The slow model costs 1 s per crop on a shifted clock (the one the run is given), so the test is quick and
+    does not depend on how busy the machine is.
+    """
+    manifest = optional_copy(ensemble_path, tmp_path, optional="mesoinception4_df")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(20):
+        (videos / f"v{i:02d}.mp4").symlink_to(small_videos / f"clip_{i % 9:02d}.mp4")
+    clock, real_predict = ShiftedClock(), Classifier.predict
+
+    def slow_predict(self, crops, accelerator, batch_size):
+        if self.spec.name == "mesoinception4_df":
+            clock.shift += 1.0 * len(crops)
+        return real_predict(self, crops, accelerator, batch_size)
+
+    monkeypatch.setattr(Classifier, "predict", slow_predict)
+    budget = 200.0  # 20 videos at 16 s each: 320 s
+    started = clock()
+    rows, report = run_kernel(videos, tmp_path, manifest, "--frames-per-video", "16", "--time-budget", str(budget),
+                              "--readers", "1", clock=clock)
+    elapsed = clock() - started
+    assert elapsed < budget, f"run took {elapsed:.1f} s for a {budget} s budget"
+    assert len(rows) == 20 and all(0.0 <= label <= 1.0 for label in rows.values())
+    entries = [report[name] for name in sorted(report)]
+    levels = [entry["budget_level"] for entry in entries]
+    assert levels == sorted(levels) and levels[-1] == 2, levels
+    assert all(entry["frames_requested"] == {0: 16, 1: 8, 2: 8}[entry["budget_level"]] for entry in entries)
+    dropped = [e for e in entries if e["budget_level"] == 2 and not e["fallback"]]
+    assert len(dropped) >= 3 and all("mesoinception4_df" not in e["model_scores"] for e in dropped)
+    skipped = [e for e in entries if e["skipped"]]
+    assert all(e["fallback"] and "time budget" in e["error"] and e["frames_read"] == 0 for e in skipped)
+
+
+@pytest.mark.slow
+def test_budget_skips_what_cannot_finish(small_videos, ensemble_path, tmp_path, monkeypatch):
+    """With no optional model to drop, the videos past the point of no return get the fallback, and why."""
+    clock, real_predict = ShiftedClock(), Classifier.predict
+
+    def slow_predict(self, crops, accelerator, batch_size):
+        clock.shift += 1.0 * len(crops)
+        return real_predict(self, crops, accelerator, batch_size)
+
+    monkeypatch.setattr(Classifier, "predict", slow_predict)
+    started = clock()
+    rows, report = run_kernel(small_videos, tmp_path, ensemble_path, "--frames-per-video", "8", "--batch-size", "8",
+                              "--time-budget", "200", "--readers", "1", clock=clock)  # 4 models x 8 crops: 32 s
+    assert clock() - started < 200
+    assert len(rows) == 10
+    skipped = [e for e in report.values() if e["skipped"]]
+    assert 1 <= len(skipped) <= 6 and all(rows[e["filename"]] == 0.5 and "time budget" in e["error"] for e in skipped)
