@@ -13,9 +13,10 @@ FAST := not (weights or shared or bundle or slow)
 setup: $(ENSEMBLE)
 
 # The project's packages are installed editable, so scripts and tests import them without sys.path edits.
-$(INSTALLED): requirements.txt requirements-kernel.txt pyproject.toml
+$(INSTALLED): requirements.txt requirements-kernel.txt requirements-sources.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-sources.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 

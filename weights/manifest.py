@@ -23,7 +23,8 @@ BUILD_DIR = ROOT / "artifacts" / "weights"  # where `python -m weights build` wr
 BUNDLED_ENSEMBLE = Path("ensemble") / "ensemble.json"  # where the packager puts the manifest in a bundle
 FILE_FIELDS = (("checkpoint", "sha256"), ("onnx", "onnx_sha256"))  # (file key, its hash key) in any entry
 
-AGGREGATIONS = ("mean", "confident", "confidence_weighted")
+AGGREGATIONS = ("mean", "median", "confident", "confidence_weighted", "sharpen")
+VIDEO_SCORES = ("max", "mean", "pool")
 RUNTIMES = ("auto", "torch", "onnx")
 
 
@@ -73,6 +74,7 @@ class ModelSpec:
     onnx: str | None = None
     onnx_sha256: str | None = None
     optional: bool = False  # the kernel's time budget may drop it when the run falls behind
+    video_score: str | None = None  # how its track scores make the video's (None: the manifest's tracks.video_score)
 
     def __post_init__(self):
         checks = [
@@ -86,7 +88,9 @@ class ModelSpec:
             (self.runtime != "onnx" or (self.onnx and self.onnx_sha256), "runtime onnx needs onnx and onnx_sha256"),
             ((self.kind == "frame") == (self.input.frames == 1),
              "frame models take 1 frame, clip and sequence models more"),
-            (self.input.stride >= 1 and self.input.clips >= 1, "input stride and clips must be at least 1"),
+            (self.video_score in (None, *VIDEO_SCORES), f"video_score must be one of {VIDEO_SCORES}, not "
+                                                          f"{self.video_score!r}"),
+            *((False, problem) for problem in self.input.problems()),
         ]
         for ok, message in checks:
             if not ok:
@@ -103,11 +107,11 @@ class TrackSpec:
     max_shift: float = 1.0     # a face may move this many face sizes between key frames and stay one track
     max_gap: int = 3           # sampled frames a track may miss before it ends
     min_detections: int = 3    # shorter tracks are false positives; if none is this long, the longest stay
-    video_score: str = "max"   # of the track scores: usually only one face in a DFDC video is fake
+    video_score: str = "max"   # of the track scores (usually only one face in a DFDC video is fake); see VIDEO_SCORES
 
     def __post_init__(self):
-        if self.video_score not in ("max", "mean"):
-            raise WeightsError(f"tracks.video_score must be max or mean, not {self.video_score!r}")
+        if self.video_score not in VIDEO_SCORES:
+            raise WeightsError(f"tracks.video_score must be one of {VIDEO_SCORES}, not {self.video_score!r}")
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ class DetectorSpec:
     min_score: float
     scales: tuple[float, ...] = (1.0, 0.5)  # BlazeFace: a square of this x the short side fills its input
     downscale: float = 0.5  # MTCNN: detect as on frames this much smaller (smallest face 20 px / downscale)
-    margin: float = 0.2
+    thresholds: tuple[float, float, float] | None = None  # MTCNN's three stages; None: (0.6, 0.7, min_score)
+    margin: float = 0.2  # crop margin of models without their own: this fraction of the box in all, half each side
     max_faces_per_frame: int = 4
     runtime: str = "auto"  # see uses_onnx (BlazeFace only)
     onnx: str | None = None

@@ -20,25 +20,78 @@ KINETICS = {"mean": (0.43216, 0.394666, 0.37645), "std": (0.22803, 0.22145, 0.21
 SYMMETRIC = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}  # pixels scaled to [-1, 1]
 
 
+RESIZES = ("letterbox", "pad_bottom_right", "stretch", "short_side_center_crop", "resize_center_crop")
+INTERPOLATIONS = ("nearest", "area", "linear", "cubic")
+BOXES = ("centre", "track_union")
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """How a model wants its input: square face crops, normalised per channel from RGB in [0, 1].
+    """How a model wants its input: face crops of `size` (a side, or [height, width]), normalised per channel from
+    RGB in [0, 1], cut and resized the way the model was trained.
 
-    Clip (3D CNN, N x 3 x T x S x S) and sequence (temporal 2D, N x T x 3 x S x S) models also say how many
+    Clip (3D CNN, N x 3 x T x H x W) and sequence (temporal 2D, N x T x 3 x H x W) models also say how many
     frames T a clip holds, `stride` video frames apart, and how many clips per video to score.
+
+    Preprocessing (the defaults are the kernel's own: the detector's margin, letterbox, area/linear):
+    - `margin`: added on each side, as a fraction of the box's height (above and below) and width (left and
+      right), on the box cut to whole pixels; None takes the detector's `margin` (half of it on each side).
+    - `resize`: `letterbox` (isotropic to fit, centred zero pad), `pad_bottom_right` (zero pad to a square at the
+      bottom and right, then resize), `stretch` (resize, ignoring the aspect), `short_side_center_crop`
+      (isotropic so the short side is `resize_to`, centred pad where short, centre crop), `resize_center_crop`
+      (resize to `resize_to`, centre crop); `resize_to` also makes `pad_bottom_right` crop to `size` after it.
+    - `interpolation`: (shrinking, enlarging), each nearest, area, linear or cubic; one name sets both.
+    - `box` (clip and sequence models): `centre`, the track's box at the clip's centre frame; `track_union`, the
+      union of the track's boxes.
     """
 
-    size: int
+    size: int | tuple[int, int]
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     frames: int = 1
     stride: int = 1
     clips: int = 4
+    margin: float | None = None
+    resize: str = "letterbox"
+    resize_to: int | tuple[int, int] | None = None
+    interpolation: tuple[str, str] = ("area", "linear")
+    box: str = "centre"
+
+    def __post_init__(self):
+        if isinstance(self.interpolation, str):  # one name for both directions
+            object.__setattr__(self, "interpolation", (self.interpolation, self.interpolation))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the model's input."""
+        return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
+
+    @property
+    def resize_shape(self) -> tuple[int, int] | None:
+        """(height, width) of `resize_to`, or None."""
+        if self.resize_to is None:
+            return None
+        return (self.resize_to, self.resize_to) if isinstance(self.resize_to, int) else tuple(self.resize_to)
 
     @property
     def clip_geometry(self) -> tuple[int, int, int]:
         """(frames, stride, clips): which video frames a clip or sequence model sees."""
         return self.frames, self.stride, self.clips
+
+    def problems(self) -> list[str]:
+        """What is wrong with this spec, in words (empty when it is valid)."""
+        checks = [
+            (all(side >= 1 for side in self.shape), f"input size must be positive, not {self.size}"),
+            (self.margin is None or self.margin >= 0, f"input margin must be >= 0, not {self.margin}"),
+            (self.resize in RESIZES, f"input resize must be one of {RESIZES}, not {self.resize!r}"),
+            (self.resize not in ("short_side_center_crop", "resize_center_crop") or self.resize_to is not None,
+             f"input resize {self.resize} needs resize_to"),
+            (len(self.interpolation) == 2 and set(self.interpolation) <= set(INTERPOLATIONS),
+             f"input interpolation must be (shrinking, enlarging) from {INTERPOLATIONS}, not {self.interpolation}"),
+            (self.box in BOXES, f"input box must be one of {BOXES}, not {self.box!r}"),
+            (self.stride >= 1 and self.clips >= 1, "input stride and clips must be at least 1"),
+        ]
+        return [message for ok, message in checks if not ok]
 
 
 @dataclass(frozen=True)
