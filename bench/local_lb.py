@@ -130,7 +130,7 @@ def predictions(evaluation: Evaluation, ensemble: Ensemble) -> dict[str, np.ndar
 
 def model_scores(evaluation: Evaluation, ensemble: Ensemble) -> np.ndarray:
     """(videos, models) matrix of each model's unclipped video score, NaN where it has none: what a blend fits."""
-    return np.array([[blending.video_score(frame_scores[m.name], m.aggregation, ensemble.tracks.video_score)
+    return np.array([[blending.video_score(frame_scores[m.name], m.aggregation, ensemble.combine_for(m))
                       for m in ensemble.models]
                      for frame_scores in evaluation.frame_scores])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from inference.crops import TrackCrops, stack_key
+from inference.crops import TrackCrops, crop_key, stack_key
 from inference.device import Accelerator
 from weights import ModelSpec
 
@@ -24,7 +24,7 @@ class Classifier:
     def inputs(self, crops: TrackCrops) -> np.ndarray | None:
         """This model's input stack among a track's crops, or None where the track has none."""
         if self.spec.kind == "frame":
-            return crops.faces.get(self.spec.input.size)
+            return crops.faces.get(crop_key(self.spec.input))
         return crops.clips.get(stack_key(self.spec))
 
     def predict(self, crops: np.ndarray, accelerator: Accelerator, batch_size: int) -> np.ndarray:

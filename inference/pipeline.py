@@ -239,7 +239,7 @@ class Pipeline:
     def blend(self, result: VideoResult, frame_scores: dict[str, list[np.ndarray]]) -> None:
         """Aggregate frames, combine tracks, blend the models and clamp: the video's label."""
         specs = {c.spec.name: c.spec for c in self.classifiers}
-        scores = {name: blending.video_score(tracks, specs[name].aggregation, self.ensemble.tracks.video_score)
+        scores = {name: blending.video_score(tracks, specs[name].aggregation, self.ensemble.combine_for(specs[name]))
                   for name, tracks in frame_scores.items()}
         result.frame_scores = {k: [track.tolist() for track in v] for k, v in frame_scores.items()}
         result.model_scores = {k: finite_or_none(v) for k, v in scores.items()}

@@ -37,6 +37,11 @@ class Track:
         boxes = np.stack([self.boxes[pos][:4] for pos in sorted(self.boxes)])
         return np.array([np.interp(frame, frames, boxes[:, i]) for i in range(4)], np.float32)
 
+    def union(self) -> np.ndarray:
+        """The smallest box holding every detection of the track."""
+        boxes = np.stack([box[:4] for box in self.boxes.values()])
+        return np.concatenate([boxes[:, :2].min(axis=0), boxes[:, 2:].max(axis=0)]).astype(np.float32)
+
     def span(self, keys: list[int]) -> tuple[int, int]:
         """First and last frame index where the face was detected."""
         return keys[min(self.boxes)], keys[self.last]

@@ -193,6 +193,10 @@ class Ensemble:
             return OnnxModule(self.root / spec.onnx, spec.onnx_sha256, threads)
         return load_checkpoint(create_model(spec.arch, **spec.arch_kwargs), self.root / spec.checkpoint, spec.sha256)
 
+    def combine_for(self, spec: ModelSpec) -> str:
+        """How a model's track scores make its video score: its own `video_score`, else the manifest's."""
+        return spec.video_score or self.tracks.video_score
+
     def files(self) -> list[ManifestFile]:
         """Every file the manifest names, detector first, with the sha256 it gives for it."""
         entries = [("detector", self.detector)]

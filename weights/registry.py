@@ -139,7 +139,7 @@ def arch_config(arch: str) -> ArchConfig:
         if config is None:
             return ArchConfig("frame", None)
         _, height, width = config.input_size
-        return ArchConfig("frame", InputSpec(size=height if height == width else max(height, width),
+        return ArchConfig("frame", InputSpec(size=height if height == width else (height, width),
                                              mean=tuple(config.mean), std=tuple(config.std)))
     return _entry(arch)[1]
 

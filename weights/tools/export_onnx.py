@@ -24,9 +24,9 @@ TOLERANCE = 1e-4
 
 def example_input(spec: ModelSpec, batch: int) -> torch.Tensor:
     """A random input batch in the model's layout (frame, clip or sequence)."""
-    size, frames = spec.input.size, spec.input.frames
-    shape = {"frame": (batch, 3, size, size), "clip": (batch, 3, frames, size, size),
-             "sequence": (batch, frames, 3, size, size)}[spec.kind]
+    (height, width), frames = spec.input.shape, spec.input.frames
+    shape = {"frame": (batch, 3, height, width), "clip": (batch, 3, frames, height, width),
+             "sequence": (batch, frames, 3, height, width)}[spec.kind]
     return torch.rand(shape, generator=torch.Generator().manual_seed(batch))
 
 
