@@ -68,3 +68,21 @@ def test_show_input_writes_the_array_and_the_picture(manifest, image, tmp_path):
         show_input(manifest, "meso4_df", source, (900, 900, 950, 950), tmp_path / "none")
     with pytest.raises(KeyError, match="no model 'nope'"):
         show_input(manifest, "nope", source, (200, 80, 330, 250), tmp_path / "none")
+
+
+def test_the_command_line_writes_both_files_and_names_a_bad_box(manifest, image, tmp_path, capsys):
+    from weights.__main__ import main
+
+    source = tmp_path / "frame.png"
+    cv2.imwrite(str(source), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    main(["show-input", "meso4_df", str(source), "--box", "200,80,330,250", "--out", str(tmp_path / "face"),
+          "--ensemble", str(manifest)])
+    assert capsys.readouterr().out.split() == [str(tmp_path / "face.npy"), str(tmp_path / "face.png")]
+    assert np.load(tmp_path / "face.npy").shape == (3, 256, 256)
+    with pytest.raises(SystemExit):
+        main(["show-input", "meso4_df", str(source), "--box", "330,80,200,250", "--out", str(tmp_path / "x"),
+              "--ensemble", str(manifest)])
+    assert "is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no model 'nope'"):
+        main(["show-input", "nope", str(source), "--box", "200,80,330,250", "--out", str(tmp_path / "x"),
+              "--ensemble", str(manifest)])

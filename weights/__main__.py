@@ -1,12 +1,27 @@
-"""`python -m weights build`: convert the published weights and write the default ensemble manifest."""
+"""`python -m weights build`: convert the published weights and write the default ensemble manifest;
+`export-onnx`: export a manifest model to ONNX; `import`: bring a DFDC team's checkpoint into a manifest;
+`show-input`: what a model receives for one face box (docs/bring-your-own-model.md)."""
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
 
+from weights.checkpoint import WeightsError
 from weights.manifest import BUILD_DIR, default_manifest
+from weights.tools import importers
 from weights.tools.sources import REPO_ROOT, mesonet_dir
+
+
+def box_argument(text: str) -> tuple[float, float, float, float]:
+    """X0,Y0,X1,Y1 -> four floats, x1 > x0 and y1 > y0."""
+    try:
+        x0, y0, x1, y1 = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X0,Y0,X1,Y1, got {text!r}") from None
+    if x1 <= x0 or y1 <= y0:
+        raise argparse.ArgumentTypeError(f"the box {text} is empty: X1 must exceed X0 and Y1 Y0")
+    return x0, y0, x1, y1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,13 +40,38 @@ def main(argv: list[str] | None = None) -> None:
     export_cmd.add_argument("--ensemble", type=Path, default=None,
                             help="ensemble manifest (default: $DEEPFAKE_ENSEMBLE, else the built one)")
     export_cmd.add_argument("--opset", type=int, default=18)
+    import_cmd = commands.add_parser("import", help="import a DFDC team's checkpoint (strict load, its preset)")
+    importers.add_arguments(import_cmd)
+    show_cmd = commands.add_parser("show-input", help="write exactly what a model receives for one face box")
+    show_cmd.add_argument("name", help="the model's name in the manifest")
+    show_cmd.add_argument("image", type=Path, help="an image (a video frame saved as PNG or JPEG)")
+    show_cmd.add_argument("--box", required=True, type=box_argument, metavar="X0,Y0,X1,Y1",
+                          help="the face box in the image's pixels, as the detector gives it")
+    show_cmd.add_argument("--out", required=True, type=Path, metavar="PREFIX",
+                          help="writes PREFIX.npy (float32, channels first, normalised) and PREFIX.png")
+    show_cmd.add_argument("--ensemble", type=Path, default=None,
+                          help="ensemble manifest (default: $DEEPFAKE_ENSEMBLE, else the built one)")
     args = parser.parse_args(argv)
-    if args.command == "export-onnx":
+    if args.command in ("export-onnx", "show-input"):
         args.ensemble = args.ensemble or default_manifest()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     # tooling imports (tflite, h5py, onnx) only for the command that needs them
-    if args.command == "build":
+    if args.command == "import":
+        try:
+            result = importers.run(args)
+        except WeightsError as error:
+            raise SystemExit(f"python -m weights import: refused: {error}") from None
+        print(result.summary())
+    elif args.command == "show-input":
+        from weights.tools.show_input import show_input
+
+        try:
+            array, picture = show_input(args.ensemble, args.name, args.image, args.box, args.out)
+        except (KeyError, ValueError, WeightsError) as error:
+            raise SystemExit(f"python -m weights show-input: {error}") from None
+        print(f"{array}\n{picture}")
+    elif args.command == "build":
         from weights.tools.build import build
 
         print(build(args.out, args.cache, args.mesonet_dir or mesonet_dir(), detector=args.detector))

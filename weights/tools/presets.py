@@ -1,0 +1,162 @@
+"""What `python -m weights import SOURCE` writes into a manifest entry, one table per source (data only).
+
+Each table says how that team's models were built and fed (from their published training and inference code,
+summarised in ../shared/reference/ANCHOR_CHECKPOINTS.md), as the manifest's own fields:
+
+- `archs`: every architecture a checkpoint of that source may be imported as, each with its entry fields
+  (`arch_kwargs`, `kind`, `input`, `positive_class`, `aggregation`, `video_score`, `tta`); `input` holds
+  `weights.registry.InputSpec` fields.
+- `default_arch`: the architecture used without `--arch` (None: `--arch` is required).
+- `fixed_positive_class`: True where the source fixes which class a 2-output head's column 1 is (\\WM/); False
+  where a 2-output head needs `--positive-class` (The Medics: their class order came from `os.listdir`).
+
+The importer's flags (`--size`, `--margin`, `--resize`, ...) override these per import. The `plain` source has no
+table: its entry is the architecture's registered defaults.
+"""
+from __future__ import annotations
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+SYMMETRIC = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # x / 255 * 2 - 1
+RAW_PIXELS = {"mean": [0.0, 0.0, 0.0], "std": [1 / 255, 1 / 255, 1 / 255]}  # 0-255, unnormalised
+
+EFFICIENTNETS = tuple(f"timm/tf_efficientnet_b{n}" for n in range(8))
+
+
+def _each(archs: tuple[str, ...], entry: dict) -> dict[str, dict]:
+    return {arch: entry for arch in archs}
+
+
+# --- selimsef/dfdc_deepfake_challenge (1st place, private LB 0.42798) ------------------------------------------
+# Training: `DeepFakeClassifier` = a whole timm `tf_efficientnet_b7_ns` (its unused 1000-class head kept) + global
+# average pool + dropout + `fc` (1 logit, sigmoid = P(FAKE)); saved from DistributedDataParallel as
+# {"epoch", "state_dict", "bce_best": numpy float64}, keys `module.encoder.*` / `module.fc.*`, no file extension.
+# Inference: MTCNN at half resolution; the box widened by h // 3 above and below and w // 3 left and right
+# (1/3 of the box per side); isotropic resize of the long side to 380 (INTER_AREA shrinking, INTER_CUBIC
+# enlarging), zero pad centred; ImageNet mean/std; 32 frames, every face of every frame pooled, "confident" rule.
+# B2-B6 encoders exist too (and serve as stand-ins: --arch timm/tf_efficientnet_b0 .. b6).
+SELIMSEF = {
+    "default_arch": "timm/tf_efficientnet_b7",
+    "fixed_positive_class": True,
+    "archs": _each(EFFICIENTNETS, {
+        "arch_kwargs": {},
+        "kind": "frame",
+        "input": {"size": 380, **IMAGENET, "margin": 1 / 3, "resize": "letterbox",
+                  "interpolation": ["area", "cubic"]},
+        "positive_class": "FAKE",
+        "aggregation": "confident",
+        "video_score": "pool",
+        "tta": [],
+    }),
+}
+
+# --- NTech-Lab/deepfake-detection-challenge (3rd place) --------------------------------------------------------
+# Training: EfficientNet-B7 built with lukemelas' efficientnet_pytorch 0.6.3 (pinned), 1 logit; saved as plain fp16
+# state dicts (`_conv_stem`, `_blocks.N.*`, `_fc`). The sequence model's Conv3d `_expand_conv` (5-D) has no
+# architecture here. Input: DSFD boxes scaled x1.5 about their centre (0.25 of the box per side), crops 224 high x
+# 192 wide; model 2 and the sequence model: short side resized to 224, centre crop 224 x 192 (this preset); model 1:
+# short side to 192, pad to 224 x 192, centre crop (import it with --resize-to 192). ImageNet mean/std. Alternate
+# frames were flipped horizontally (not reproduced: each crop is scored once). Per video: every score sharpened
+# (|p - 0.5|^0.65), confidence-weighted, pooled over all tracks.
+NTECH = {
+    "default_arch": "timm/tf_efficientnet_b7",
+    "fixed_positive_class": True,
+    "archs": _each(EFFICIENTNETS, {
+        "arch_kwargs": {},
+        "kind": "frame",
+        "input": {"size": [224, 192], **IMAGENET, "margin": 0.25, "resize": "short_side_center_crop",
+                  "resize_to": 224},
+        "positive_class": "FAKE",
+        "aggregation": "sharpen",
+        "video_score": "pool",
+        "tta": [],
+    }),
+}
+
+# --- jphdotam/DFDC (5th place, "The Medics") -------------------------------------------------------------------
+# 3D models, saved as plain state dicts (`.model`): I3D (piergiaj), 3D ResNet-34 (kenshohara, shortcut A),
+# torchvision mc3_18 and r2plus1d_18, all with 2 outputs (softmax, cross-entropy). Class order from `os.listdir` of
+# FAKE and REAL folders: their comments say column 0 = FAKE, column 1 = REAL (--positive-class REAL), but the order
+# depends on the file system, so the importer requires --positive-class for every 2-output model.
+# Input: the union of the track's MTCNN boxes (margin 0), zero-padded at the bottom/right to a square, resized to
+# 256 (OpenCV linear), centre crop 224 (I3D, ResNet-34, mc3 at 224); mc3 and r(2+1)d at 112: resize to 128, centre
+# crop 112 (--size 112 --resize-to 128). Normalisation: I3D x / 255 * 2 - 1; ResNet-34 raw 0-255; mc3, r(2+1)d
+# ImageNet. Clips of 64 consecutive frames (I3D) or 32 (the others). Horizontal-flip TTA, mean across faces.
+# 2D model: Cadene `se_resnext50_32x4d` as `backbone.*` + `fc` [1, 2048] (sigmoid), crops stretched to 256 x 256
+# (cubic), ImageNet; per clip the median of its frames' scores. Its crops came from the 3D pipeline's track-union
+# boxes; a frame model here crops each frame's own box (margin 0).
+_MEDICS_3D = {"kind": "clip", "positive_class": None, "aggregation": "mean", "video_score": "mean",
+              "tta": ["hflip"]}
+_MEDICS_3D_INPUT = {"size": 224, "margin": 0.0, "box": "track_union", "resize": "pad_bottom_right",
+                    "resize_to": 256, "interpolation": ["linear", "linear"], "stride": 1}
+MEDICS = {
+    "default_arch": None,
+    "fixed_positive_class": False,
+    "archs": {
+        "i3d": {**_MEDICS_3D, "arch_kwargs": {}, "input": {**_MEDICS_3D_INPUT, **SYMMETRIC, "frames": 64}},
+        "resnet34_3d": {**_MEDICS_3D, "arch_kwargs": {"shortcut_type": "A"},
+                        "input": {**_MEDICS_3D_INPUT, **RAW_PIXELS, "frames": 32}},
+        "mc3_18": {**_MEDICS_3D, "arch_kwargs": {}, "input": {**_MEDICS_3D_INPUT, **IMAGENET, "frames": 32}},
+        "r2plus1d_18": {**_MEDICS_3D, "arch_kwargs": {},
+                        "input": {**_MEDICS_3D_INPUT, **IMAGENET, "size": 112, "resize_to": 128, "frames": 32}},
+        "timm/legacy_seresnext50_32x4d": {
+            "arch_kwargs": {},
+            "kind": "frame",
+            "input": {"size": 256, **IMAGENET, "margin": 0.0, "resize": "stretch",
+                      "interpolation": ["cubic", "cubic"]},
+            "positive_class": "FAKE",
+            "aggregation": "median",
+            "video_score": "mean",
+            "tta": ["hflip"],
+        },
+    },
+}
+
+# --- cuihaoleo/kaggle-dfdc (team \WM/) -------------------------------------------------------------------------
+# Training: Cadene-style Xception saved as {"epoch", "arch", "acc1", "state_dict"} (no `module.`), head
+# `last_linear` [2, 2048], softmax with column 1 = FAKE. Input: RetinaFace 5-point landmarks aligned to a 320 x 320
+# template (eyes 75 px apart at y = 141, mouth at y = 225), bilinear to 299, mean/std 0.5; mean over faces.
+# BlazeFace's keypoints are not those 5 points, so the preset stretches the box to 299 instead; margin 0.5 per
+# side is our estimate of how much of the 320 template a face box fills (about half): check it with `show-input`.
+# The team's two WS-DAN models (0.8 of their blend) have no architecture here.
+WM = {
+    "default_arch": "timm/legacy_xception",
+    "fixed_positive_class": True,
+    "archs": {
+        "timm/legacy_xception": {
+            "arch_kwargs": {},
+            "kind": "frame",
+            "input": {"size": 299, **SYMMETRIC, "margin": 0.5, "resize": "stretch",
+                      "interpolation": ["linear", "linear"]},
+            "positive_class": "FAKE",
+            "aggregation": "mean",
+            "video_score": "pool",
+            "tta": [],
+        },
+    },
+}
+
+# --- polimi-ispl/icpr2020dfdc (popular public weights) ---------------------------------------------------------
+# Training: `EfficientNetB4` = lukemelas' EfficientNet-B4 under `efficientnet.` (its `_fc` deleted) + `classifier`
+# [1, 1792], 1 logit, sigmoid; released as plain state dicts. efficientnet_pytorch is unpinned (>= 0.7 bakes the
+# padding for B4's native 380 px; the faces were 224). Attention (`efficientnet.attconv.*`) and siamese-tuned
+# (`feat_ext.*`, BatchNorm1d head) variants have no architecture here. Their Xception (Cadene layout under
+# `xception.`, `last_linear` [1, 2048]) imports with --arch timm/legacy_xception. Input: BlazeFace boxes with a
+# margin of 0.2 of the box per side, isotropic resize + centred pad to 224 ("scale" policy), ImageNet mean/std
+# (all their networks). Per video: mean of the logits, then sigmoid (here: mean of the probabilities).
+_POLIMI = {
+    "arch_kwargs": {},
+    "kind": "frame",
+    "input": {"size": 224, **IMAGENET, "margin": 0.2, "resize": "letterbox"},
+    "positive_class": "FAKE",
+    "aggregation": "mean",
+    "video_score": "pool",
+    "tta": [],
+}
+POLIMI = {
+    "default_arch": "timm/tf_efficientnet_b4",
+    "fixed_positive_class": True,
+    "archs": {**_each(EFFICIENTNETS, _POLIMI), "timm/legacy_xception": _POLIMI},
+}
+
+PRESETS = {"selimsef": SELIMSEF, "ntech": NTECH, "medics": MEDICS, "wm": WM, "polimi": POLIMI}
+SOURCES = (*PRESETS, "plain")
