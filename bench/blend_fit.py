@@ -1,6 +1,6 @@
 """Fit the blend on a local-LB set: model weights and the clamp range, by log loss on labelled videos.
 
-    python bench/blend_fit.py --set dfdc|timit|ff [--folds 5] [--dry-run] [local-LB options]
+    python bench/blend_fit.py --set dfdc|timit|ff [--folds 5] [--dry-run] [local-LB options, --engine local|ray]
 
 fits non-negative weights summing to 1, compares them with equal weights (on the fitting data and out of fold)
 and writes them into the manifest. It runs the kernel's pipeline through the local leaderboard (cached), so the
@@ -22,8 +22,14 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import minimize
 
-from bench.local_lb import Evaluation, PredictionCache, add_set_arguments, evaluate, labelled_videos, model_scores
-from inference.pipeline import Pipeline
+from bench.local_lb import (
+    EngineUnavailable,
+    add_set_arguments,
+    engine_failure,
+    labelled_videos,
+    model_scores,
+    open_engine,
+)
 from weights import default_manifest, load_ensemble
 
 log = logging.getLogger(__name__)
@@ -209,13 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
 
     manifest = args.ensemble or default_manifest()
-    runner = Pipeline(manifest, args.frames_per_video, args.device, readers=0)
-    videos, _ = labelled_videos(args)
-    evaluation: Evaluation = evaluate(videos, runner, PredictionCache(args.cache))
+    try:
+        with open_engine(args) as score_videos:
+            videos, _ = labelled_videos(args)
+            evaluation, ensemble = score_videos(videos, args.frames_per_video)
+    except EngineUnavailable as error:
+        return engine_failure("blend_fit", error)
     labels = np.array([v.label for v in videos])
-    scores = model_scores(evaluation, runner.ensemble)
-    names = [m.name for m in runner.ensemble.models]
-    fallback = runner.ensemble.blend.fallback
+    scores = model_scores(evaluation, ensemble)
+    names = [m.name for m in ensemble.models]
+    fallback = ensemble.blend.fallback
 
     weights = fit_weights(labels, scores, fallback=fallback)
     equal = np.full(len(names), 1 / len(names))

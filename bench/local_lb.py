@@ -2,21 +2,24 @@
 
     python bench/local_lb.py --set dfdc|timit|ff [--root DIR] [--limit N] [--frames-per-video N]
                              [--ensemble PATH] [--json PATH] [--device cpu|cuda|auto]
+                             [--engine local|ray] [--address ADDR] [--workers N]
     python bench/local_lb.py --history [--set S]
 
 Frame scores are cached per video content, model (arch, weights hash, input, TTA), detector and tracking
 settings and frame count, so a re-run computes nothing and a sweep computes only what is missing.
+`--engine ray` scores the videos on a Ray cluster (bench/ray_engine.py) with the same cache and the same numbers.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import statistics
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +28,11 @@ from tqdm import tqdm
 import blending
 from bench.datasets import LabelledVideo, default_root, load_set
 from bench.history import append_run, leaderboard, load_runs
+from bench.lb_cache import Evaluation, PredictionCache, video_scores
 from bench.metrics import Scores, histogram_png, score, score_table
+from bench.ray_engine import EngineUnavailable  # ray itself is imported for --engine ray only
 from inference.pipeline import STAGES, Pipeline
-from weights import Ensemble, default_manifest, sha256_of
+from weights import Ensemble, default_manifest, load_ensemble
 from weights.tools.sources import REPO_ROOT
 
 log = logging.getLogger("local_lb")
@@ -35,82 +40,47 @@ LB_DIR = REPO_ROOT / "artifacts" / "lb"
 BLEND = "blend"
 
 
-class PredictionCache:
-    """One JSON file per (video content, model, detector, tracking, frame count): the model's frame scores."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._video_hashes: dict[Path, str] = {}
-
-    def key(self, video: Path, ensemble: Ensemble, model: str, frames_per_video: int) -> str:
-        spec = next(m for m in ensemble.models if m.name == model)
-        identity = {
-            "video": self.video_hash(video),
-            "model": {"arch": spec.arch, "arch_kwargs": spec.arch_kwargs, "kind": spec.kind,
-                      "weights": [spec.sha256, spec.onnx_sha256, spec.runtime],
-                      "input": dataclasses.asdict(spec.input), "tta": list(spec.tta), "positive": spec.positive_class},
-            "detector": dataclasses.asdict(ensemble.detector),
-            "tracks": dataclasses.asdict(ensemble.tracks),
-            "frames_per_video": frames_per_video,
-        }
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-    def video_hash(self, video: Path) -> str:
-        """sha256 of the file, or of a frame folder's names and contents."""
-        if video not in self._video_hashes:
-            if video.is_dir():
-                digest = hashlib.sha256()
-                for frame in sorted(video.iterdir()):
-                    digest.update(frame.name.encode() + bytes.fromhex(sha256_of(frame)))
-                self._video_hashes[video] = digest.hexdigest()
-            else:
-                self._video_hashes[video] = sha256_of(video)
-        return self._video_hashes[video]
-
-    def get(self, key: str) -> dict | None:
-        path = self.folder / f"{key}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def put(self, key: str, entry: dict) -> None:
-        path = self.folder / f"{key}.json"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(entry))
-        temporary.replace(path)
-
-
-@dataclasses.dataclass
-class Evaluation:
-    """Per video: label, group, each model's frame scores per track, and the seconds spent computing them."""
-
-    videos: list[LabelledVideo]
-    frame_scores: list[dict[str, list[list[float]]]]
-    errors: list[str | None]
-    seconds: list[dict[str, float]]
-    computed: int  # (video, model) pairs that were not in the cache
-
-
 def evaluate(videos: list[LabelledVideo], runner: Pipeline, cache: PredictionCache) -> Evaluation:
     """Run the kernel on every video for the models the cache lacks; read the rest from the cache."""
     ensemble, count = runner.ensemble, runner.frames_per_video
     evaluation = Evaluation(videos, [], [], [], computed=0)
     for video in tqdm(videos, desc="videos", unit="video", disable=None):
-        keys = {m.name: cache.key(video.path, ensemble, m.name, count) for m in ensemble.models}
-        entries = {name: cache.get(key) for name, key in keys.items()}
-        missing = {name for name, entry in entries.items() if entry is None}
-        seconds: dict[str, float] = {}
-        if missing:
-            result = runner.process(video.path, models=missing)
-            seconds = result.seconds
-            for name in missing:
-                entries[name] = {"frame_scores": result.frame_scores.get(name, []), "error": result.error,
-                                 "seconds": result.seconds}
-                cache.put(keys[name], entries[name])
-            evaluation.computed += len(missing)
-        evaluation.frame_scores.append({name: entry["frame_scores"] for name, entry in entries.items()})
-        evaluation.errors.append(next((e["error"] for e in entries.values() if e["error"]), None))
-        evaluation.seconds.append(seconds or next(iter(entries.values()))["seconds"])
+        evaluation.add(video_scores(video.path, ensemble, count, cache,
+                                    lambda missing: runner.process(video.path, models=missing)))
     return evaluation
+
+
+Scorer = Callable[[list[LabelledVideo], int], tuple[Evaluation, Ensemble]]
+
+
+@contextlib.contextmanager
+def open_engine(args: argparse.Namespace) -> Iterator[Scorer]:
+    """`score(videos, frames_per_video)` -> (evaluation, ensemble) on the engine `args` choose: this process
+    (`local`, a fresh pipeline per call as before) or a pool of Ray actors (`ray`, started once for every call).
+
+    `--engine ray` connects first, so a missing or unreachable Ray fails before anything else
+    (`EngineUnavailable`, one line)."""
+    manifest = args.ensemble or default_manifest()
+    cache = PredictionCache(args.cache)
+    if args.engine == "local":
+        def score_locally(videos: list[LabelledVideo], frames_per_video: int) -> tuple[Evaluation, Ensemble]:
+            runner = Pipeline(manifest, frames_per_video, args.device, readers=0)
+            return evaluate(videos, runner, cache), runner.ensemble
+
+        yield score_locally
+        return
+    from bench.ray_engine import RayEngine
+
+    with RayEngine.connect(args.address, manifest, args.device, workers=args.workers,
+                           cpus_per_actor=args.cpus_per_actor, retries=args.retries) as engine:
+        ensemble = load_ensemble(manifest)
+        yield lambda videos, frames_per_video: (engine.evaluate(videos, frames_per_video, cache, ensemble), ensemble)
+
+
+def engine_failure(program: str, error: Exception) -> int:
+    """The one line a failed engine start prints; the exit status."""
+    print(f"{program}: --engine ray: {error}", file=sys.stderr)
+    return 2
 
 
 def predictions(evaluation: Evaluation, ensemble: Ensemble) -> dict[str, np.ndarray]:
@@ -119,8 +89,8 @@ def predictions(evaluation: Evaluation, ensemble: Ensemble) -> dict[str, np.ndar
     weights = {m.name: m.weight for m in ensemble.models}
     names = [m.name for m in ensemble.models]
     rows: dict[str, list[float]] = {name: [] for name in [*names, BLEND]}
-    for video_scores in model_scores(evaluation, ensemble):
-        scores = dict(zip(names, video_scores.tolist()))
+    for row in model_scores(evaluation, ensemble):
+        scores = dict(zip(names, row.tolist()))
         for name, value in scores.items():
             rows[name].append(blending.clamp_prediction(value, blend.clamp, blend.fallback))
         rows[BLEND].append(blending.clamp_prediction(blending.blend_models(scores, weights), blend.clamp,
@@ -154,20 +124,21 @@ def stage_medians(evaluation: Evaluation) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> tuple[dict, dict[str, Scores]]:
     """The whole local-LB run; returns what --json writes and the score rows."""
-    videos, options = labelled_videos(args)
     root = args.root or default_root(args.set)
     manifest = args.ensemble or default_manifest()
-    runner = Pipeline(manifest, args.frames_per_video, args.device, readers=0)
-    evaluation = evaluate(videos, runner, PredictionCache(args.cache))
-    predicted = predictions(evaluation, runner.ensemble)
+    with open_engine(args) as score_videos:
+        videos, options = labelled_videos(args)
+        evaluation, ensemble = score_videos(videos, args.frames_per_video)
+    predicted = predictions(evaluation, ensemble)
     rows = score_rows(videos, predicted, per_method=args.set == "ff")
     plot = histogram_png(np.array([v.label for v in videos]), predicted[BLEND],
                          args.plot or LB_DIR / f"{args.set}_hist.png", f"{args.set}: blend, n={len(videos)}")
     config = {"root": str(root), "ensemble": str(manifest), "frames_per_video": args.frames_per_video,
-              "models": [m.name for m in runner.ensemble.models], **{k: str(v) for k, v in options.items()}}
+              "models": [m.name for m in ensemble.models], **{k: str(v) for k, v in options.items()}}
     append_run(args.history_file, args.set, config, rows)
     report = {
         "set": args.set, "n": len(videos), "config": config, "computed": evaluation.computed,
+        "engine": args.engine, "nodes": evaluation.nodes, "failed": evaluation.failed,
         "scores": {name: dataclasses.asdict(s) for name, s in rows.items()},
         "seconds_per_video": stage_medians(evaluation), "histogram": str(plot),
         "videos": [{"path": str(v.path), "label": v.label, "group": v.group, "error": error,
@@ -192,7 +163,21 @@ def add_set_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames-per-video", type=int, default=32)
     parser.add_argument("--ensemble", type=Path, default=None)
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    parser.add_argument("--cache", type=Path, default=LB_DIR / "cache")
+    parser.add_argument("--cache", type=Path, default=LB_DIR / "cache",
+                        help="prediction cache folder (--engine ray: a path every node sees, e.g. shared storage)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process (default); ray: a pool of Ray actors on a cluster")
+    parser.add_argument("--address", default=None,
+                        help="ray: the cluster's address (HOST:PORT, auto); default $RAY_ADDRESS, else a local "
+                             "Ray instance started for this run")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="ray: at most N actors (default: as many as the cluster has room for)")
+    parser.add_argument("--cpus-per-actor", type=int, default=None,
+                        help="ray: CPUs (inference and decoder threads) per actor (default: one GPU and that GPU's "
+                             "share of the node's CPUs where the cluster has GPUs, else 2, more under --workers)")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="ray: how often a video lost with its actor or node is tried again before it is "
+                             "recorded as failed")
     parser.add_argument("--compression", help="ff: c0, c23 (default) or c40")
     parser.add_argument("--methods", nargs="+", help="ff: manipulation methods to include")
     parser.add_argument("--split", type=Path, help="ff: official split JSON (train/val/test)")
@@ -219,9 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.history:
         print(leaderboard(load_runs(args.history_file), set_name=args.set))
         return 0
-    report, rows = run(args)
+    try:
+        report, rows = run(args)
+    except KeyboardInterrupt:
+        print(f"local_lb: interrupted; every video scored so far is in the cache ({args.cache})", file=sys.stderr)
+        return 130
+    except EngineUnavailable as error:
+        return engine_failure("local_lb", error)
     print(f"local LB: {args.set}, {report['n']} videos, {args.frames_per_video} frames per video, "
           f"{report['computed']} (video, model) pairs computed, the rest cached")
+    if report["nodes"]:
+        print("per node (engine ray): " + ", ".join(f"{node} {count} videos" for node, count in report["nodes"].items())
+              + (f"; {report['failed']} videos failed on the cluster (see their errors)" if report["failed"] else ""))
     print(score_table(rows))
     print("median seconds per video: " + "  ".join(f"{k} {v:.3f}" for k, v in report["seconds_per_video"].items()))
     print(f"histogram: {report['histogram']}")

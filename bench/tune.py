@@ -1,10 +1,12 @@
 """Tune frames per video and the clamp bounds on a local-LB set.
 
     python bench/tune.py --set dfdc --frames 17,32,48,64 [--root DIR] [--ensemble PATH] [--png PATH]
+                         [--engine local|ray] [--address ADDR] [--workers N]
 
 Prints blend log loss against frames per video (and writes a PNG), then the clamp [lo, hi] chosen by
 cross-validation over videos at the best frame count, with the log loss with and without clamping.
-Every frame count goes through the local-LB cache, so a repeated sweep computes only new counts.
+Every frame count goes through the local-LB cache, so a repeated sweep computes only new counts. With
+`--engine ray` one pool of Ray actors scores every frame count.
 """
 from __future__ import annotations
 
@@ -17,10 +19,16 @@ from matplotlib.figure import Figure
 
 import blending
 from bench.blend_fit import choose_clamp, log_loss
-from bench.local_lb import LB_DIR, PredictionCache, add_set_arguments, evaluate, labelled_videos, model_scores
+from bench.local_lb import (
+    LB_DIR,
+    EngineUnavailable,
+    add_set_arguments,
+    engine_failure,
+    labelled_videos,
+    model_scores,
+    open_engine,
+)
 from bench.metrics import format_table
-from inference.pipeline import Pipeline
-from weights import default_manifest
 
 
 def unclamped_blend(scores: np.ndarray, ensemble) -> np.ndarray:
@@ -39,18 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.set is None:
         parser.error("--set is required")
-    videos, _ = labelled_videos(args)
-    labels = np.array([v.label for v in videos])
-    manifest = args.ensemble or default_manifest()
-    cache = PredictionCache(args.cache)
-
     losses, blends = {}, {}
-    for count in (int(f) for f in args.frames.split(",")):
-        runner = Pipeline(manifest, count, args.device, readers=0)
-        ensemble = runner.ensemble
-        blends[count] = unclamped_blend(model_scores(evaluate(videos, runner, cache), ensemble), ensemble)
-        clamped = [blending.clamp_prediction(p, ensemble.blend.clamp, ensemble.blend.fallback) for p in blends[count]]
-        losses[count] = log_loss(labels, clamped)
+    try:
+        with open_engine(args) as score_videos:
+            videos, _ = labelled_videos(args)
+            labels = np.array([v.label for v in videos])
+            for count in (int(f) for f in args.frames.split(",")):
+                evaluation, ensemble = score_videos(videos, count)
+                blends[count] = unclamped_blend(model_scores(evaluation, ensemble), ensemble)
+                clamped = [blending.clamp_prediction(p, ensemble.blend.clamp, ensemble.blend.fallback)
+                           for p in blends[count]]
+                losses[count] = log_loss(labels, clamped)
+    except EngineUnavailable as error:
+        return engine_failure("tune", error)
     print(f"{args.set}: {len(videos)} videos, blend log loss (manifest clamp {ensemble.blend.clamp}) "
           "by frames per video")
     print(format_table(["frames", "log loss"], [[str(c), f"{loss:.4f}"] for c, loss in losses.items()]))

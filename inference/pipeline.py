@@ -99,16 +99,17 @@ class Pipeline:
     """
 
     def __init__(self, ensemble_path: Path, frames_per_video: int, device: str, batch_size: int | None = None,
-                 readers: int = 2):
+                 readers: int = 2, threads: int | None = None):
         """`readers`: the reader threads of `run`; 0 for a pipeline used only through `process`, whose inference
-        then has every core to itself."""
+        then has every core to itself. `threads`: onnxruntime's threads per call (default: the usable cores
+        shared among the readers and the main thread)."""
         self.ensemble = load_ensemble(ensemble_path)
         self.frames_per_video = frames_per_video
         self.accelerator = Accelerator(resolve_device(device))
         self.batch_size = batch_size or (16 if self.accelerator.device.type == "cpu" else 64)
         # The readers and the main thread infer at once: onnxruntime sessions share the cores among them rather
         # than each spread over all of them (on 2 cores that oversubscription cost 0.6 CPU-s per video).
-        threads = max(1, usable_cpus() // (readers + 1))
+        threads = threads or max(1, usable_cpus() // (readers + 1))
         self.finder = make_face_finder(self.ensemble, self.accelerator, self.batch_size, threads)
         self.classifiers = [Classifier(m, self.ensemble.build_model(m, self.accelerator.device.type, threads))
                             for m in self.ensemble.models]
@@ -121,13 +122,14 @@ class Pipeline:
     def fallback(self) -> float:
         return self.ensemble.blend.fallback
 
-    def job(self, path: Path, models: set[str] | None = None) -> Job:
-        """A job at the configured frame count."""
-        return Job(path, self.frames_per_video, frozenset(models) if models is not None else None)
+    def job(self, path: Path, models: set[str] | None = None, frames: int | None = None) -> Job:
+        """A job at the configured frame count (or `frames`)."""
+        return Job(path, frames or self.frames_per_video, frozenset(models) if models is not None else None)
 
-    def process(self, path: Path, models: set[str] | None = None) -> VideoResult:
-        """Score one video with every model (or only those named); any failure yields the fallback value."""
-        return self.score([self.read_and_prepare(self.job(path, models))])[0]
+    def process(self, path: Path, models: set[str] | None = None, frames: int | None = None) -> VideoResult:
+        """Score one video with every model (or only those named), at the configured frame count (or `frames`);
+        any failure yields the fallback value."""
+        return self.score([self.read_and_prepare(self.job(path, models, frames))])[0]
 
     def run(self, jobs: Iterator[Job]) -> Iterator[list[VideoResult]]:
         """Results in job order, a batch of videos at a time; readers (decode, detect, crop) run ahead by a
