@@ -8,12 +8,25 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import save_file
 
 from bench.samples import background, face_patch
 from inference.device import Accelerator
 from weights.archs.blazeface import BlazeFaceDetector
-from weights.archs.mtcnn import MTCNNDetector, nms_min, pyramid_scales
+from weights.archs.mtcnn import (
+    MTCNNDetector,
+    _window_sums,
+    area_crops,
+    area_level,
+    area_windows,
+    crop_regions,
+    integral_images,
+    nms_min,
+    pyramid_scales,
+    resize_frame,
+)
 from weights.checkpoint import WeightsError, load_checkpoint
 from weights.registry import create_model
 from weights.tools.convert_tflite import convert_blazeface
@@ -134,12 +147,47 @@ def test_net_output_shapes():
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def test_pyramid_scales_and_downscale():
+def test_pyramid_scales_and_half_size_frames():
     scales = pyramid_scales(1080, 1920, 20, 0.709)
     assert scales[0] == pytest.approx(0.6) and 1080 * scales[-1] >= 12 > 1080 * scales[-1] * 0.709
-    half = pyramid_scales(1080, 1920, 20, 0.709, downscale=0.5)
-    assert half[0] == pytest.approx(0.3) and len(half) == len(scales) - 2  # 0.709^2 ~ 0.5
+    half = pyramid_scales(540, 960, 20, 0.709)  # downscale 0.5 detects on a half-size frame: two levels fewer
+    assert half == scales[:len(half)] and len(half) == len(scales) - 2  # 0.709^2 ~ 0.5
     assert pyramid_scales(10, 10, 20, 0.709) == []
+
+
+def test_half_size_frames_are_resized_as_pil_resize_does_by_default():
+    """The 1st place's `img.resize(size=[s // 2 for s in img.size])`, odd sides included."""
+    frame = np.random.default_rng(3).integers(0, 256, (101, 150, 3), dtype=np.uint8)
+    image = Image.fromarray(frame)
+    expected = np.asarray(image.resize(size=[s // 2 for s in image.size]))
+    assert expected.shape == (50, 75, 3)
+    np.testing.assert_array_equal(resize_frame(frame, 0.5), expected)
+
+
+def test_area_resampling_equals_facenet_imresample_bit_for_bit():
+    """Pyramid levels and crops from integral images equal `F.interpolate(mode="area")` on float frames exactly."""
+    frames = np.random.default_rng(4).integers(0, 256, (2, 97, 131, 3), dtype=np.uint8)
+    integrals = integral_images(list(frames))
+    floats = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    for size in ((59, 80), (12, 17), (97, 131), (24, 24)):
+        assert torch.equal(area_level(torch.from_numpy(integrals), size), F.interpolate(floats, size, mode="area"))
+    # the torch gathers that a GPU runs give the same window sums
+    (top, bottom), (left, right) = area_windows(97, 12), area_windows(131, 17)
+    sums = _window_sums(torch.from_numpy(integrals), top, bottom, left, right)
+    for i, j in ((0, 0), (5, 9), (11, 16)):
+        window = frames[:, top[i]:bottom[i], left[j]:right[j]].sum(axis=(1, 2))
+        np.testing.assert_array_equal(sums[:, i, j].numpy(), window)
+    boxes = torch.tensor([[10.7, 5.2, 60.9, 70.0], [-20.0, -8.5, 30.0, 41.5], [100.0, 50.0, 180.0, 130.0],
+                          [3.0, 90.0, 8.0, 96.0]])
+    owners = torch.tensor([0, 1, 1, 0])
+    regions = crop_regions(boxes, 97, 131)
+    # whole pixels, clipped to the frame: facenet's img[y - 1:ey, x - 1:ex] of the truncated box
+    assert regions.tolist() == [[9, 4, 60, 70], [0, 0, 30, 41], [99, 49, 131, 97], [2, 89, 8, 96]]
+    for size in (24, 48):
+        crops = area_crops(integrals, regions, owners, size)
+        for crop, (left, top, right, bottom), owner in zip(crops, regions.tolist(), owners.tolist()):
+            expected = F.interpolate(floats[owner:owner + 1, :, top:bottom, left:right], (size, size), mode="area")
+            assert torch.equal(crop, expected[0])
 
 
 def test_nms_min_suppresses_boxes_mostly_inside_a_better_one():
@@ -213,6 +261,18 @@ def test_runtime_accelerator_as_forward_gives_the_same_boxes(detector, photos):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-2)
 
 
+def test_concurrent_calls_on_frames_of_different_sizes(detector, photos):
+    """The kernel's reader threads share one detector: nothing about a call (its pyramid) is kept between calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [photos("1face", 2), np.ascontiguousarray(photos("3faces", 2)[:200])] * 2
+    expected = [detector.detect([frame])[0] for frame in frames]
+    with ThreadPoolExecutor(2) as pool:
+        found = list(pool.map(lambda frame: detector.detect([frame])[0], frames))
+    for mine, theirs in zip(found, expected):
+        np.testing.assert_array_equal(mine, theirs)
+
+
 def test_landmarks_lie_inside_their_boxes(detector, photos):
     ((boxes, points),) = detector.detect_with_landmarks([photos("1face", 4)])
     assert boxes.shape == (1, 5) and points.shape == (1, 5, 2)
@@ -246,14 +306,32 @@ def test_downscaled_detection_on_1080p_frames_returns_full_frame_pixels(detector
     assert len(full) == 1 and _iou(full[0, :4], box[:4]) > 0.7
 
 
-def test_crops_zero_pad_outside_the_frame():
-    from weights.archs.mtcnn import _FrameCache
+def test_boxes_wholly_outside_the_frame_get_no_crop_and_no_score(detector):
+    """facenet skips such crops (and then fails on the mismatch); the port scores them 0, so no stage keeps them."""
+    integrals = integral_images([np.full((60, 80, 3), 100, np.uint8)])
+    boxes = torch.tensor([[10.0, 10.0, 40.0, 40.0, 0.9], [90.0, 10.0, 120.0, 40.0, 0.9],
+                          [-50.0, -50.0, -5.0, -5.0, 0.9]])
+    offsets, probs = detector._classify(detector.rnet, integrals, boxes, torch.zeros(3, dtype=torch.long), 24, (4, 2),
+                                        None)
+    assert probs[0].sum().item() == pytest.approx(1.0) and torch.all(probs[1:] == 0) and torch.all(offsets[1:] == 0)
 
-    frame = np.full((100, 100, 3), 200, np.uint8)
-    boxes = torch.tensor([[51.0, 1.0, 150.0, 100.0], [1.0, 1.0, 1000.0, 1000.0]])  # right half outside; mostly
-    crops = _FrameCache([frame]).crops(boxes, torch.zeros(2, dtype=torch.long), 24)
-    # bilinear samples in the last output row / column blend with what lies beyond the edge: check the inside
-    torch.testing.assert_close(crops[0, :, :-1, :11], torch.full((3, 23, 11), 200.0))
-    assert torch.all(crops[0, :, :, 13:] == 0)
-    torch.testing.assert_close(crops[1, :, :2, :2], torch.full((3, 2, 2), 200.0))  # a 1000 px box: mip level 5
-    assert torch.all(crops[1, :, 4:, 4:] == 0)
+
+def test_face_finder_takes_the_three_thresholds_and_downscale_from_the_manifest(converted):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from inference.faces import MTCNNFinder, make_face_finder
+    from weights import DetectorSpec
+
+    model = create_model("mtcnn")
+    model.load_state_dict(bundle_mtcnn(converted))
+    spec = DetectorSpec(arch="mtcnn", checkpoint="mtcnn.safetensors", sha256="0" * 64, min_score=0.9, downscale=0.5,
+                        thresholds=(0.7, 0.8, 0.8))
+    finder = make_face_finder(SimpleNamespace(detector=spec, build_detector=lambda: model), Accelerator("cpu"), 8)
+    assert isinstance(finder, MTCNNFinder)
+    assert finder.detector.thresholds == (0.7, 0.8, 0.8) and finder.detector.downscale == 0.5
+    unset = SimpleNamespace(detector=replace(spec, thresholds=None, downscale=1.0), build_detector=lambda: model)
+    finder = make_face_finder(unset, Accelerator("cpu"), 8)
+    assert finder.detector.thresholds == (0.6, 0.7, 0.9) and finder.detector.downscale == 1.0  # the third: min_score
+    with pytest.raises(ValueError, match="three stage thresholds"):
+        MTCNNDetector.from_model(model, thresholds=(0.6, 0.7))

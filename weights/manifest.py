@@ -123,7 +123,7 @@ class DetectorSpec:
     sha256: str
     min_score: float
     scales: tuple[float, ...] = (1.0, 0.5)  # BlazeFace: a square of this x the short side fills its input
-    downscale: float = 0.5  # MTCNN: detect as on frames this much smaller (smallest face 20 px / downscale)
+    downscale: float = 0.5  # MTCNN: detect on the frame resized by this (PIL bicubic, as the 1st place did)
     thresholds: tuple[float, float, float] | None = None  # MTCNN's three stages; None: (0.6, 0.7, min_score)
     margin: float = 0.2  # crop margin of models without their own: this fraction of the box in all, half each side
     max_faces_per_frame: int = 4

@@ -4,20 +4,29 @@ The three networks keep the state-dict keys of facenet-pytorch's port (conv1, pr
 published weights load strictly. `mtcnn` bundles the three under the prefixes pnet., rnet., onet. so that one
 checkpoint describes the whole detector.
 
+`MTCNNDetector` computes what facenet-pytorch 2.6.0's `detect_face` computes, step for step: the pyramid levels and
+the 24 / 48 px crops are resized by area (`F.interpolate(mode="area")`, i.e. adaptive average pooling); the
+refinement stages crop each box truncated to whole pixels and clipped to the frame (a face at the border is
+stretched, as in facenet); boxes, regressions, NMS steps and thresholds are facenet's. On the CPU its boxes equal
+facenet's to float rounding (tests/test_mtcnn_parity.py). Only the means differ: the area averages come from
+integral images (exact integer sums divided as adaptive pooling divides, so the same floats, without a float copy
+of the frame or one pass over it per level), the crops of all boxes are gathered at once, and frames of one size
+share the network calls while every NMS step still runs per frame, as facenet runs on one image.
+
 Box conventions follow the original code: a box [x1, y1, x2, y2] covers the pixels x1-1 .. x2 (width x2 - x1 + 1
 in the regressions), and is returned as is, in frame pixels, like facenet-pytorch's `MTCNN.detect`.
-Unlike facenet-pytorch, which clips a box to the frame and stretches what is left, crops that leave the frame
-are zero-padded (as in the original MATLAB code) so faces at the border keep their aspect ratio.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
-from torchvision.ops import batched_nms, roi_align
+from torchvision.ops import batched_nms
 
 from weights.registry import InputSpec, register_arch
 
@@ -27,12 +36,19 @@ PIXEL_SCALE = 0.0078125  # 1 / 128
 NORMALISED = {"mean": (0.5, 0.5, 0.5), "std": (128 / 255,) * 3}
 PNET_STRIDE = 2
 PNET_CELL = 12
+RNET_SIZE = 24
+ONET_SIZE = 48
 PNET_SCALE_NMS = 0.5  # within one pyramid level
 PNET_NMS = 0.7  # across the levels of one frame
 RNET_NMS = 0.7
 ONET_NMS_MIN = 0.7  # overlap / smaller area
-PNET_MAX_PIXELS = 1 << 23  # pyramid pixels per PNet call: bounds the activations (about 330 MB for conv1 in fp32)
-CROP_BATCH = 512
+# first-level pixels per PNet call (one 1080p frame, five half-size ones): larger calls spill the caches, 1.5x slower
+# per frame at eight 1080p frames a call on the CPU
+PNET_MAX_PIXELS = 1 << 20
+CROP_BATCH = 512  # crops per RNet / ONet call, as facenet batches them
+# How `downscale` resizes frames: bicubic, `Image.resize`'s default for RGB images since Pillow 7 (the 1st DFDC
+# solution called `img.resize(size=[s // 2 for s in img.size])` without a filter)
+RESAMPLE = Image.Resampling.BICUBIC
 
 Forward = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, ...]]
 
@@ -154,31 +170,34 @@ def mtcnn() -> MTCNN:
 
 # ---------------------------------------------------------------------------------------------- box helpers
 
-def pyramid_scales(height: int, width: int, min_face_size: float, factor: float, downscale: float = 1.0
-                   ) -> list[float]:
-    """Image scales at which a PNet cell (12 px) covers faces from min_face_size / downscale pixels upward."""
-    scale = PNET_CELL / min_face_size * downscale
+def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> list[float]:
+    """facenet's pyramid: from 12 / min_face_size (a PNet cell, 12 px, then covers min_face_size pixels) down by
+    `factor` while the short side stays >= 12 px, the short side tracked as facenet tracks it (times factor)."""
+    scale = PNET_CELL / min_face_size
+    short_side = min(height, width) * scale
     scales = []
-    while min(height, width) * scale >= PNET_CELL:
+    while short_side >= PNET_CELL:
         scales.append(scale)
         scale *= factor
+        short_side *= factor
     return scales
 
 
 def square_boxes(boxes: torch.Tensor) -> torch.Tensor:
-    """Grow each [x1, y1, x2, y2, ...] box to a square about its centre (the longer side wins)."""
+    """Grow each [x1, y1, x2, y2, ...] box to a square about its centre (the longer side wins): facenet's `rerec`,
+    in its float steps."""
     boxes = boxes.clone()
     width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     side = torch.maximum(width, height)
-    boxes[:, 0] += (width - side) / 2
-    boxes[:, 1] += (height - side) / 2
-    boxes[:, 2] = boxes[:, 0] + side
-    boxes[:, 3] = boxes[:, 1] + side
+    boxes[:, 0] = boxes[:, 0] + width * 0.5 - side * 0.5
+    boxes[:, 1] = boxes[:, 1] + height * 0.5 - side * 0.5
+    boxes[:, 2:4] = boxes[:, 0:2] + side[:, None]
     return boxes
 
 
 def regress_boxes(boxes: torch.Tensor, offsets: torch.Tensor, inclusive: bool = True) -> torch.Tensor:
-    """Shift box edges by offsets x box size (size counted inclusively, w = x2 - x1 + 1, after PNet)."""
+    """Shift box edges by offsets x box size: facenet's `bbreg` (size counted inclusively, w = x2 - x1 + 1) after
+    RNet and ONet, its plain w = x2 - x1 after PNet."""
     boxes = boxes.clone()
     extra = 1.0 if inclusive else 0.0
     size = torch.stack([boxes[:, 2] - boxes[:, 0] + extra, boxes[:, 3] - boxes[:, 1] + extra] * 2, dim=1)
@@ -187,13 +206,16 @@ def regress_boxes(boxes: torch.Tensor, offsets: torch.Tensor, inclusive: bool = 
 
 
 def nms_min(boxes: np.ndarray, threshold: float) -> np.ndarray:
-    """Greedy NMS where overlap = intersection / smaller area (inclusive pixel areas); indices kept, best first."""
+    """Greedy NMS where overlap = intersection / smaller area (inclusive pixel areas); indices kept, best first.
+
+    facenet's `nms_numpy(..., "Min")` step for step (same argsort, so equal scores are visited in its order).
+    """
     x1, y1, x2, y2, scores = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3], boxes[:, 4]
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(scores)  # ascending: the best is the last
     keep = []
     while len(order):
-        best, rest = order[0], order[1:]
+        best, rest = order[-1], order[:-1]
         keep.append(best)
         width = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
         height = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
@@ -202,65 +224,154 @@ def nms_min(boxes: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
+def nms_per_frame(boxes: torch.Tensor, owners: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Indices kept by IoU NMS run on each frame's boxes alone, as facenet runs it on one image (`batched_nms` with
+    one class: offsetting frames apart, as a batched call does, changes the float overlaps); owners must be sorted."""
+    keep = []
+    for frame in torch.unique_consecutive(owners).tolist():
+        mine = (owners == frame).nonzero().squeeze(1)
+        picked = batched_nms(boxes[mine, :4], boxes[mine, 4], _zeros_like_index(mine), threshold)
+        keep.append(mine[picked])
+    return torch.cat(keep) if keep else owners.new_zeros((0,), dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------- resampling
+
+def detection_size(height: int, width: int, downscale: float) -> tuple[int, int]:
+    """The size of a frame resized by `downscale`, sides truncated to whole pixels (at 0.5: s // 2, as PIL's
+    `img.resize(size=[s // 2 for s in img.size])`)."""
+    if downscale == 1:
+        return height, width
+    return max(1, int(height * downscale)), max(1, int(width * downscale))
+
+
+def resize_frame(frame: np.ndarray, downscale: float) -> np.ndarray:
+    """The frame resized by `downscale` as the 1st DFDC solution resized it for MTCNN: a PIL image, `resize` with
+    the bicubic filter."""
+    height, width = detection_size(*frame.shape[:2], downscale)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize((width, height), RESAMPLE))
+
+
+def integral_images(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """N x (H+1) x (W+1) x 3 sums of the pixels above and left of each pixel corner (cv2.integral), one per frame of
+    one size: int32 while any sum fits (up to 8.4 Mpx, 4K), else float64 (exact integers too)."""
+    height, width = frames[0].shape[:2]
+    small = 255 * height * width < 2 ** 31
+    tables = np.empty((len(frames), height + 1, width + 1, 3), np.int32 if small else np.float64)
+    for frame, table in zip(frames, tables):
+        cv2.integral(frame, table, sdepth=cv2.CV_32S if small else cv2.CV_64F)
+    return tables
+
+
+def area_windows(size_in: int | torch.Tensor, size_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive average pooling's windows (what `F.interpolate(mode="area")` averages): output i covers the inputs
+    floor(i * n / m) .. ceil((i + 1) * n / m) - 1, as (first, end) indices; size_in may be a column of sizes."""
+    index = torch.arange(size_out)
+    return index * size_in // size_out, ((index + 1) * size_in + size_out - 1) // size_out
+
+
+def area_level(integrals: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """N x (H+1) x (W+1) x 3 integral images -> N x 3 x size float32 (channels-last) area means, equal to
+    `F.interpolate(frames.float(), size, mode="area")`: the window sums are exact integers, divided by the window
+    height, then width, as the pooling kernel divides. Costs O(output), not a pass over the frame per level."""
+    top, bottom = area_windows(integrals.shape[1] - 1, size[0])
+    left, right = area_windows(integrals.shape[2] - 1, size[1])
+    if integrals.device.type == "cpu":  # numpy's take gathers these rows / pixels about 5x faster than torch
+        table = integrals.numpy()
+        strips = np.take(table, bottom.numpy(), axis=1)
+        strips -= np.take(table, top.numpy(), axis=1)
+        sums = np.take(strips, right.numpy(), axis=2)
+        sums -= np.take(strips, left.numpy(), axis=2)
+        sums = torch.from_numpy(sums)
+    else:
+        sums = _window_sums(integrals, top, bottom, left, right)
+    heights = (bottom - top).to(sums.device, torch.float32).view(1, -1, 1, 1)
+    widths = (right - left).to(sums.device, torch.float32).view(1, 1, -1, 1)
+    return sums.float().div_(heights).div_(widths).permute(0, 3, 1, 2)
+
+
+def _window_sums(integrals: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, left: torch.Tensor,
+                 right: torch.Tensor) -> torch.Tensor:
+    """`area_level`'s window sums with torch alone (any device)."""
+    device = integrals.device
+    strips = integrals.index_select(1, bottom.to(device)) - integrals.index_select(1, top.to(device))
+    return strips.index_select(2, right.to(device)) - strips.index_select(2, left.to(device))
+
+
+def crop_regions(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """facenet's `pad`: each box truncated to whole pixels and clipped to the frame, as 0-based pixel ranges
+    n x 4 [left, top, right, bottom) (a box [x1, y1, x2, y2] covers 1-based pixels x1 .. x2); may be empty."""
+    corners = boxes[:, :4].trunc().long()
+    return torch.stack([corners[:, 0].clamp(min=1) - 1, corners[:, 1].clamp(min=1) - 1,
+                        corners[:, 2].clamp(max=width), corners[:, 3].clamp(max=height)], dim=1)
+
+
+def area_crops(integrals: np.ndarray, regions: torch.Tensor, owners: torch.Tensor, size: int) -> torch.Tensor:
+    """The (non-empty) regions [left, top, right, bottom) of their frames resized by area to size x size:
+    n x 3 x size x size float32 (channels-last) pixels, equal to facenet's `imresample` of each crop."""
+    table = integrals.reshape(-1, 3)
+    stride = integrals.shape[2]  # W + 1
+    top, bottom = area_windows((regions[:, 3] - regions[:, 1])[:, None], size)
+    left, right = area_windows((regions[:, 2] - regions[:, 0])[:, None], size)
+    base = owners[:, None] * integrals.shape[1] + regions[:, 1:2]  # the first row of each region, frame-major
+    upper, lower = ((base + top) * stride)[:, :, None], ((base + bottom) * stride)[:, :, None]
+    first, end = (left + regions[:, 0:1])[:, None, :], (right + regions[:, 0:1])[:, None, :]
+
+    def column_sums(row: torch.Tensor) -> np.ndarray:  # sums from the top of the frame down to `row`, per window
+        return table[(row + end).numpy()] - table[(row + first).numpy()]
+
+    sums = torch.from_numpy(column_sums(lower) - column_sums(upper)).float()
+    heights = (bottom - top).float()[:, :, None, None]
+    widths = (right - left).float()[:, None, :, None]
+    return sums.div_(heights).div_(widths).permute(0, 3, 1, 2)
+
+
 # ---------------------------------------------------------------------------------------------- stage 1
-
-def resize_pixels(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """N x 3 x H x W pixels -> float N x 3 x size, by anti-aliased bilinear resampling.
-
-    On the CPU, uint8 frames are resized as uint8 (a vectorised path, about 10x faster than averaging floats
-    and no float copy of the whole frame); elsewhere in float.
-    """
-    if images.dtype == torch.uint8 and images.device.type == "cpu":
-        return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False).float()
-    return F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-
 
 class PNetProposals(nn.Module):
     """Stage 1 as one module, so a device runs the whole pyramid and only the candidate boxes come back.
 
-    Input: N x H x W x 3 RGB pixels (uint8 or float in [0, 255]). Output: (boxes n x 5 [x1, y1, x2, y2, score]
-    after regression and squaring, frame index n as float). `scales` and `threshold` are set per call.
+    Input: N x (H+1) x (W+1) x 3 integral images of N frames (`integral_images`). Output: (boxes n x 5 [x1, y1, x2,
+    y2, score] after regression and squaring, frame index n as float), frame by frame, each frame's boxes in the
+    order facenet gives them. The pyramid follows from the input's size, so concurrent calls (the kernel's reader
+    threads) share the module safely.
     """
 
-    def __init__(self, pnet: PNet, threshold: float = 0.6):
+    def __init__(self, pnet: PNet, threshold: float = 0.6, min_face_size: float = 20, factor: float = 0.709):
         super().__init__()
         self.pnet = pnet
         self.threshold = threshold
-        self.scales: Sequence[float] = ()
-        self.max_pixels = PNET_MAX_PIXELS
+        self.min_face_size = min_face_size
+        self.factor = factor
 
-    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        count, height, width = frames.shape[:3]
-        all_boxes, all_owners = [], []
-        if self.scales:
-            first = (int(height * self.scales[0] + 1), int(width * self.scales[0] + 1))
-            step = max(1, self.max_pixels // (first[0] * first[1]))
-            for start in range(0, count, step):
-                for boxes, owners in self._chunk_candidates(frames[start:start + step]):
-                    all_boxes.append(boxes)
-                    all_owners.append(owners + start)
-        if not all_boxes:
-            return frames.new_zeros((0, 5), dtype=torch.float32), frames.new_zeros((0,), dtype=torch.float32)
-        boxes, owners = torch.cat(all_boxes), torch.cat(all_owners)
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], owners, PNET_NMS)
-        boxes, owners = boxes[keep], owners[keep]
-        boxes = square_boxes(regress_boxes(boxes[:, :5], boxes[:, 5:9], inclusive=False))
-        return boxes, owners.float()
+    def scales(self, height: int, width: int) -> list[float]:
+        return pyramid_scales(height, width, self.min_face_size, self.factor)
 
-    def _chunk_candidates(self, frames: torch.Tensor):
-        """Yield (candidates, frame index) per pyramid level, each level kept by NMS within itself."""
-        images = frames.permute(0, 3, 1, 2)
-        height, width = images.shape[-2:]
-        for scale in self.scales:
-            level = resize_pixels(images, (int(height * scale + 1), int(width * scale + 1)))
-            offsets, probs = self.pnet(level.sub_(PIXEL_MEAN).mul_(PIXEL_SCALE))
-            boxes, owners = self._candidates(offsets, probs[:, 1], scale)
-            keep = batched_nms(boxes[:, :4], boxes[:, 4], owners, PNET_SCALE_NMS)
-            yield boxes[keep], owners[keep]
+    def forward(self, integrals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count, height, width = integrals.shape[0], integrals.shape[1] - 1, integrals.shape[2] - 1
+        levels: list[list[torch.Tensor]] = [[] for _ in range(count)]  # per frame, its candidates per level
+        for scale in self.scales(height, width):
+            pixels = area_level(integrals, (int(height * scale + 1), int(width * scale + 1)))
+            offsets, probs = self.pnet(pixels.sub_(PIXEL_MEAN).mul_(PIXEL_SCALE))
+            boxes, owners = self._candidates(offsets.float(), probs[:, 1].float(), scale)
+            for frame, kept in enumerate(levels):
+                mine = boxes[owners == frame]
+                kept.append(mine[batched_nms(mine[:, :4], mine[:, 4], _zeros_like_index(mine), PNET_SCALE_NMS)])
+        device = integrals.device
+        all_boxes, all_owners = [torch.zeros((0, 9), device=device)], [torch.zeros(0, device=device)]
+        for frame, kept in enumerate(levels):
+            if kept:
+                boxes = torch.cat(kept)
+                boxes = boxes[batched_nms(boxes[:, :4], boxes[:, 4], _zeros_like_index(boxes), PNET_NMS)]
+                all_boxes.append(boxes)
+                all_owners.append(boxes.new_full((len(boxes),), frame))
+        boxes = torch.cat(all_boxes)
+        return square_boxes(regress_boxes(boxes[:, :5], boxes[:, 5:9], inclusive=False)), torch.cat(all_owners)
 
     def _candidates(self, offsets: torch.Tensor, probs: torch.Tensor, scale: float
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cells scoring >= threshold -> (n x 9 [x1, y1, x2, y2, score, 4 offsets] in frame pixels, frame index)."""
+        """Cells scoring >= threshold -> (n x 9 [x1, y1, x2, y2, score, 4 offsets] in frame pixels, frame index):
+        facenet's `generateBoundingBox`."""
         where = (probs >= self.threshold).nonzero()
         owners, rows, cols = where.unbind(1)
         cells = torch.stack([cols, rows], dim=1).to(offsets.dtype)
@@ -274,10 +385,13 @@ class PNetProposals(nn.Module):
 # ---------------------------------------------------------------------------------------------- detector
 
 class MTCNNDetector:
-    """The MTCNN cascade over whole RGB frames; boxes come back in frame pixels, best score first.
+    """The MTCNN cascade over whole RGB frames (facenet-pytorch's `detect_face`); boxes come back in frame pixels,
+    best score first (facenet's `MTCNN.detect` sorts the same boxes largest first by default).
 
-    `downscale` < 1 detects as if on frames resized by that factor (the 1st DFDC solution used 0.5): the smallest
-    face found grows to min_face_size / downscale pixels and the pyramid costs about downscale^2 as much.
+    `downscale` != 1 detects on each frame resized by that factor (`resize_frame`: PIL, bicubic) and scales the
+    boxes back by 1 / downscale: at 0.5 with thresholds (0.7, 0.8, 0.8) this is the 1st DFDC solution's call, a
+    half-size PIL frame into facenet's MTCNN, boxes times 2. The smallest face found grows to min_face_size /
+    downscale pixels and the pyramid costs about downscale^2 as much.
     """
 
     def __init__(self, pnet: PNet, rnet: RNet, onet: ONet, min_face_size: float = 20,
@@ -287,13 +401,17 @@ class MTCNNDetector:
             raise ValueError(f"pyramid factor must lie in (0, 1), got {factor}")
         if min_face_size < PNET_CELL:
             raise ValueError(f"min_face_size must be >= {PNET_CELL}, got {min_face_size}")
+        if len(thresholds) != 3:
+            raise ValueError(f"expected three stage thresholds (PNet, RNet, ONet), got {thresholds}")
+        _check_downscale(downscale)
         # channels-last suits these small convolutions (about 2.5x faster PNet on CPU); the kernel's
         # Accelerator places modules the same way
-        self.proposals = PNetProposals(pnet.eval().to(memory_format=torch.channels_last), thresholds[0])
+        self.proposals = PNetProposals(pnet.eval().to(memory_format=torch.channels_last), float(thresholds[0]),
+                                       min_face_size, factor)
         self.rnet = rnet.eval().to(memory_format=torch.channels_last)
         self.onet = onet.eval().to(memory_format=torch.channels_last)
         self.min_face_size = min_face_size
-        self.thresholds = tuple(thresholds)
+        self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = factor
         self.downscale = downscale
 
@@ -320,8 +438,7 @@ class MTCNNDetector:
         it must return the outputs on the CPU.
         """
         downscale = self.downscale if downscale is None else downscale
-        if not downscale > 0:
-            raise ValueError(f"downscale must be > 0, got {downscale}")
+        _check_downscale(downscale)
         results: list[tuple[np.ndarray, np.ndarray]] = [(_no_boxes(), _no_points()) for _ in frames]
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, frame in enumerate(frames):
@@ -339,26 +456,39 @@ class MTCNNDetector:
 
     def _detect_same_size(self, frames: list[np.ndarray], forward: Forward | None, downscale: float
                           ) -> list[tuple[np.ndarray, np.ndarray]]:
-        height, width = frames[0].shape[:2]
-        self.proposals.scales = pyramid_scales(height, width, self.min_face_size, self.factor, downscale)
-        self.proposals.threshold = self.thresholds[0]
-        batch = torch.from_numpy(np.ascontiguousarray(np.stack(frames)))
-        boxes, owners = _call(self.proposals, batch, forward)
+        """The cascade over frames of one size, as many at a time as keep the pyramid within PNET_MAX_PIXELS."""
+        height, width = detection_size(*frames[0].shape[:2], downscale)
+        scales = self.proposals.scales(height, width)
+        if not scales:
+            return [(_no_boxes(), _no_points()) for _ in frames]
+        step = max(1, PNET_MAX_PIXELS // (int(height * scales[0] + 1) * int(width * scales[0] + 1)))
+        results = []
+        for start in range(0, len(frames), step):
+            chunk = frames[start:start + step]
+            if downscale != 1:
+                chunk = [resize_frame(frame, downscale) for frame in chunk]
+            results.extend(self._cascade(integral_images(chunk), forward, downscale))
+        return results
+
+    def _cascade(self, integrals: np.ndarray, forward: Forward | None, downscale: float
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """facenet's three stages on the frames of these integral images; boxes scaled back by 1 / downscale."""
+        boxes, owners = _call(self.proposals, torch.from_numpy(integrals), forward)
         owners = owners.long()
-        images = _FrameCache(frames)
 
         if len(boxes):  # stage 2: RNet on 24x24 crops
-            offsets, probs = self._classify(self.rnet, images, boxes, owners, 24, forward)
+            offsets, probs = self._classify(self.rnet, integrals, boxes, owners, RNET_SIZE, (4, 2), forward)
             keep = probs[:, 1] > self.thresholds[1]
             boxes = torch.cat([boxes[keep, :4], probs[keep, 1:2]], dim=1)
             owners, offsets = owners[keep], offsets[keep]
-            keep = batched_nms(boxes[:, :4], boxes[:, 4], owners, RNET_NMS)
+            keep = nms_per_frame(boxes, owners, RNET_NMS)
             boxes = square_boxes(regress_boxes(boxes[keep], offsets[keep]))
             owners = owners[keep]
 
         points = torch.zeros((0, 5, 2))
         if len(boxes):  # stage 3: ONet on 48x48 crops
-            offsets, landmarks, probs = self._classify(self.onet, images, boxes, owners, 48, forward)
+            offsets, landmarks, probs = self._classify(self.onet, integrals, boxes, owners, ONET_SIZE, (4, 10, 2),
+                                                       forward)
             keep = probs[:, 1] > self.thresholds[2]
             boxes = torch.cat([boxes[keep, :4], probs[keep, 1:2]], dim=1)
             owners, offsets, landmarks = owners[keep], offsets[keep], landmarks[keep]
@@ -368,82 +498,40 @@ class MTCNNDetector:
 
         results = []
         boxes_np, points_np, owners_np = boxes.numpy(), points.numpy(), owners.numpy()
-        for index in range(len(frames)):
+        for index in range(len(integrals)):
             mine = np.flatnonzero(owners_np == index)
             keep = mine[nms_min(boxes_np[mine], ONET_NMS_MIN)] if len(mine) else mine
-            results.append((boxes_np[keep].astype(np.float32).reshape(-1, 5),
-                            points_np[keep].astype(np.float32).reshape(-1, 5, 2)))
+            found, marks = boxes_np[keep].reshape(-1, 5), points_np[keep].reshape(-1, 5, 2)
+            if downscale != 1:  # back to the caller's frame pixels (exact for 0.5: times 2)
+                found = np.concatenate([found[:, :4] / np.float32(downscale), found[:, 4:]], axis=1)
+                marks = marks / np.float32(downscale)
+            results.append((found.astype(np.float32), marks.astype(np.float32)))
         return results
 
-    def _classify(self, network: nn.Module, images: _FrameCache, boxes: torch.Tensor, owners: torch.Tensor,
-                  size: int, forward: Forward | None) -> tuple[torch.Tensor, ...]:
-        """Crop every box (zero outside the frame), resize to size x size by averaging, run `network` in batches."""
-        crops = _normalise(images.crops(boxes, owners, size))
-        outputs = [_call(network, crops[start:start + CROP_BATCH], forward)
-                   for start in range(0, len(crops), CROP_BATCH)]
-        return tuple(torch.cat(parts) for parts in zip(*outputs))
+    def _classify(self, network: nn.Module, integrals: np.ndarray, boxes: torch.Tensor, owners: torch.Tensor,
+                  size: int, widths: tuple[int, ...], forward: Forward | None) -> tuple[torch.Tensor, ...]:
+        """facenet's crops of every box (whole pixels, clipped to the frame, area-resized to size x size) through
+        `network` in batches; a box wholly outside the frame (facenet fails on it) gets zeros, so passes no
+        threshold."""
+        regions = crop_regions(boxes, integrals.shape[1] - 1, integrals.shape[2] - 1)
+        inside = ((regions[:, 2] > regions[:, 0]) & (regions[:, 3] > regions[:, 1])).nonzero().squeeze(1)
+        outputs = tuple(torch.zeros((len(boxes), width)) for width in widths)
+        for start in range(0, len(inside), CROP_BATCH):
+            chosen = inside[start:start + CROP_BATCH]
+            crops = area_crops(integrals, regions[chosen], owners[chosen], size)
+            for output, part in zip(outputs, _call(network, crops.sub_(PIXEL_MEAN).mul_(PIXEL_SCALE), forward)):
+                output[chosen] = part
+        return outputs
 
 
-class _FrameCache:
-    """Per frame a uint8 mip pyramid (2 x 2 block averages), built lazily, that the crops are sampled from.
+def _zeros_like_index(rows: torch.Tensor) -> torch.Tensor:
+    """One NMS class for all rows: facenet's image index on a single image."""
+    return torch.zeros(len(rows), dtype=torch.long, device=rows.device)
 
-    A box is cropped from the level where one output pixel spans 1-2 level pixels, so roi_align's 2 x 2 bilinear
-    samples per output pixel approximate an area resize at a cost independent of the box size. Only the region
-    around a group's boxes is converted to float, so no float copy of a whole frame is kept.
-    """
 
-    MAX_LEVEL = 5
-    MARGIN = 2  # level pixels around the boxes: every bilinear sample has both neighbours inside the region
-
-    def __init__(self, frames: list[np.ndarray]):
-        self.frames = frames
-        self._uint8: dict[tuple[int, int], torch.Tensor] = {}
-
-    def crops(self, boxes: torch.Tensor, owners: torch.Tensor, size: int) -> torch.Tensor:
-        """size x size crops of the boxes [x1, y1, x2, y2] (covering pixels x1-1 .. x2), in box order."""
-        out = torch.zeros((len(boxes), 3, size, size))
-        # pixel-edge coordinates: a box covers [x1 - 1, x2] (the original's 1-based inclusive pixels)
-        rois = torch.stack([boxes[:, 0] - 1, boxes[:, 1] - 1, boxes[:, 2], boxes[:, 3]], dim=1)
-        sides = torch.maximum(rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1]).clamp(min=1)
-        levels = torch.log2(sides / size).floor().clamp(0, self.MAX_LEVEL).long()
-        for frame, level in torch.unique(torch.stack([owners, levels], dim=1), dim=0).tolist():
-            mine = ((owners == frame) & (levels == level)).nonzero().squeeze(1)
-            pixels = self._pixels(frame, level)
-            local = rois[mine] * 0.5 ** level
-            height, width = pixels.shape[:2]
-            x0 = min(max(int(local[:, 0].min()) - self.MARGIN, 0), width)
-            y0 = min(max(int(local[:, 1].min()) - self.MARGIN, 0), height)
-            x1 = max(min(int(local[:, 2].max()) + self.MARGIN + 1, width), x0)
-            y1 = max(min(int(local[:, 3].max()) + self.MARGIN + 1, height), y0)
-            if x1 - x0 < 1 or y1 - y0 < 1:
-                continue  # wholly outside the frame: zeros, as the original pads
-            region = pixels[y0:y1, x0:x1].permute(2, 0, 1)[None].float()
-            shift = torch.tensor([x0, y0, x0, y0], dtype=local.dtype)
-            out[mine] = roi_align(region, [local - shift], output_size=size, spatial_scale=1.0, sampling_ratio=-1,
-                                  aligned=True)
-        return out
-
-    def _pixels(self, frame: int, level: int) -> torch.Tensor:
-        """H/2^level x W/2^level x 3 uint8: the frame zero-padded to a multiple of 2^MAX_LEVEL, then `level` times
-        averaged over 2 x 2 blocks, so every level is an exact area average of the zero-padded frame (zeros being
-        what the original puts outside the frame)."""
-        key = (frame, level)
-        if key not in self._uint8:
-            if level == 0:
-                image = self.frames[frame]
-                block = 1 << self.MAX_LEVEL
-                height, width = image.shape[:2]
-                padded = np.zeros((-(-height // block) * block, -(-width // block) * block, 3), np.uint8)
-                padded[:height, :width] = image
-                self._uint8[key] = torch.from_numpy(padded)
-            else:
-                larger = self._pixels(frame, level - 1)
-                blocks = larger.view(larger.shape[0] // 2, 2, larger.shape[1] // 2, 2, 3)
-                total = blocks[:, 0, :, 0].to(torch.int16)
-                for row, col in ((0, 1), (1, 0), (1, 1)):
-                    total += blocks[:, row, :, col]  # in int16: four uint8 values overflow uint8
-                self._uint8[key] = ((total + 2) >> 2).to(torch.uint8)
-        return self._uint8[key]
+def _check_downscale(downscale: float) -> None:
+    if not downscale > 0:
+        raise ValueError(f"downscale must be > 0, got {downscale}")
 
 
 def _call(module: nn.Module, batch: torch.Tensor, forward: Forward | None) -> tuple[torch.Tensor, ...]:
@@ -459,4 +547,3 @@ def _no_boxes() -> np.ndarray:
 
 def _no_points() -> np.ndarray:
     return np.zeros((0, 5, 2), np.float32)
-
