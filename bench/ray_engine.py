@@ -30,10 +30,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.lb_cache import Evaluation, PredictionCache, VideoScores, video_scores
+from weights.tools.sources import REPO_ROOT
 
 log = logging.getLogger("ray_engine")
 
-RAY_REQUIREMENT = "ray==2.60.0"
+# The pin, from its one owner: the tooling requirements.
+RAY_REQUIREMENT = next(line.strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+                       if line.startswith("ray=="))
 DEFAULT_CPUS_PER_ACTOR = 2
 TASKS_PER_ACTOR = 2         # one running, one queued: an actor never waits on the driver between videos
 NO_ACTOR_TIMEOUT_S = 600.0  # no live actor for this long (the cluster has no room): give up
