@@ -118,11 +118,6 @@ def fit(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     raise ValueError(f"unknown resize mode {spec.resize!r}")
 
 
-def letterbox(image: np.ndarray, size: int) -> np.ndarray:
-    """Isotropic resize so the long side is `size`, then zero-pad to a centred size x size square."""
-    return fit(image, InputSpec(size))
-
-
 # ---------------------------------------------------------------------------------------------- per track
 
 @dataclass

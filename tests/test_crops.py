@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from inference.crops import crop, crop_key, fit, letterbox, pad_box, track_crops
+from inference.crops import crop, crop_key, fit, pad_box, track_crops
 from inference.tracks import Track
 from inference.video import DecodedVideo
 from weights import InputSpec, ModelSpec
@@ -13,7 +13,7 @@ from weights import InputSpec, ModelSpec
 
 def test_letterbox_keeps_aspect_and_centres():
     image = np.full((50, 100, 3), 200, np.uint8)
-    boxed = letterbox(image, 256)
+    boxed = fit(image, InputSpec(256))  # the default: letterbox
     assert boxed.shape == (256, 256, 3)
     rows = np.where(boxed[:, 128, 0] > 0)[0]
     assert rows.min() == 64 and rows.max() == 191  # 128 rows of image, centred
