@@ -78,11 +78,15 @@ def print_timings(outcomes: list[dict]) -> None:
         print(f"median seconds per video ({len(outcomes)} videos): {cells}")
 
 
-def main(argv: list[str] | None = None, clock: Callable[[], float] = time.perf_counter) -> int:
-    """Score every video under --videos and write the submission; `clock` times the budget."""
+def main(argv: list[str] | None = None, clock: Callable[[], float] = time.perf_counter,
+         packages: dict[str, str] | None = None) -> int:
+    """Score every video under --videos and write the submission; `clock` times the budget. `packages`
+    ({distribution: version} as kernel.py settled the pins) goes into the log and the report's first line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     started = clock()
+    if packages:
+        log.info("packages: %s", ", ".join(f"{name} {version}" for name, version in packages.items()))
     ensemble_path = args.ensemble or default_manifest()
     pipeline = Pipeline(ensemble_path, args.frames_per_video, args.device, args.batch_size, args.readers)
     log.info("loaded %d models on %s in %.1f s", len(pipeline.classifiers), pipeline.accelerator.device,
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None, clock: Callable[[], float] = time.perf_c
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
     report = open(args.report, "w") if args.report else None
+    if report and packages:  # which versions computed these predictions
+        report.write(json.dumps({"packages": packages}) + "\n")
     labels: dict[str, float] = {}
     outcomes: list[dict] = []  # small per-video summaries for the timing and fallback lines
 

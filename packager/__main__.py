@@ -7,6 +7,7 @@ from pathlib import Path
 
 from packager import PackagingError
 from packager.build import DEFAULT_DATASET_SLUG, DEFAULT_DATASET_TITLE, DEFAULT_KERNEL_TITLE, BuildOptions, build
+from packager.push import DEFAULT_WAIT, push
 from packager.wheels import TARGETS
 
 
@@ -23,18 +24,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gpu (default; onnxruntime-gpu, enable_gpu true) or cpu")
     b.add_argument("--out", type=Path, default=Path("dist"))
     b.add_argument("--owner", default=None,
-                   help="Kaggle username (default: $KAGGLE_USERNAME, else kaggle.json's, else a placeholder)")
+                   help="Kaggle username (default: $KAGGLE_USERNAME, else kaggle.json's, else the OAuth "
+                        "credentials', else a placeholder)")
     b.add_argument("--dataset-slug", default=DEFAULT_DATASET_SLUG)
     b.add_argument("--dataset-title", default=DEFAULT_DATASET_TITLE)
     b.add_argument("--kernel-slug", default=None, help="default: the kernel title as a slug")
     b.add_argument("--kernel-title", default=DEFAULT_KERNEL_TITLE)
     b.add_argument("--license", default="other", help="dataset license name (default: %(default)s)")
+    b.add_argument("--accelerator", default=None, metavar="SHAPE",
+                   help="machine_shape in kernel-metadata.json, e.g. NvidiaTeslaT4 (default: Kaggle's choice)")
     b.add_argument("--wheel-cache", type=Path, default=None,
                    help="persistent wheel cache (default: $PACKAGER_WHEEL_CACHE, else artifacts/cache/wheels)")
     b.add_argument("--find-links", type=Path, action="append", default=[], metavar="DIR",
                    help="also look for wheels in DIR (pip --find-links); repeatable")
     b.add_argument("--no-index", action="store_true", help="use only --find-links folders (pip --no-index)")
     b.add_argument("--refresh", action="store_true", help="resolve the pins again even if cached")
+    b.add_argument("--image-packages", type=Path, default=None, metavar="FILE",
+                   help="the Kaggle image's `pip list --format=freeze`: ship wheels only for the pins it does not "
+                        "satisfy and what they need beyond it (default: every wheel)")
     b.add_argument("--repo", type=Path, default=BuildOptions.repo, help=argparse.SUPPRESS)
     b.add_argument("--requirements", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -51,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--check-only", action="store_true",
                    help="only the cheap checks: manifest hashes and an offline pip resolution")
     v.add_argument("--tolerance", type=float, default=1e-6)
+    v.add_argument("--image", type=Path, default=None, metavar="FILE",
+                   help="the image's `pip list --format=freeze`: seed the venv with its versions of the pins "
+                        "(from the indexes, before the network is blocked), as the Kaggle image has them")
     v.add_argument("--repo", type=Path, default=BuildOptions.repo, help=argparse.SUPPRESS)
 
     p = commands.add_parser("push", help="upload the dataset and push the kernel with the Kaggle CLI")
@@ -58,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--message", "-m", default="packager build", help="dataset version notes")
     p.add_argument("--new", action="store_true", help="create the dataset (first upload) instead of a version")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="S",
+                   help="seconds to wait for the dataset to be ready before the kernel push (default: %(default)g)")
     return parser
 
 
@@ -73,18 +85,17 @@ def main(argv: list[str] | None = None) -> int:
                 owner=args.owner, dataset_slug=args.dataset_slug, dataset_title=args.dataset_title,
                 kernel_slug=args.kernel_slug, kernel_title=args.kernel_title, license=args.license,
                 repo=args.repo, requirements=args.requirements, wheel_cache=args.wheel_cache,
-                index_args=index_args, refresh=args.refresh))
+                index_args=index_args, refresh=args.refresh, accelerator=args.accelerator,
+                image_packages=args.image_packages))
             return 0
         if args.command == "verify":
             from packager.verify import VerifyOptions, verify
 
             verify(VerifyOptions(dist=args.dist, videos=args.videos, ensemble=args.ensemble, device=args.device,
                                  keep=args.keep, check_only=args.check_only, tolerance=args.tolerance,
-                                 repo=args.repo))
+                                 repo=args.repo, image=args.image))
             return 0
-        from packager.push import push
-
-        return push(args.dist, args.message, new=args.new, dry_run=args.dry_run)
+        return push(args.dist, args.message, new=args.new, dry_run=args.dry_run, wait=args.wait)
     except PackagingError as error:
         print(f"packager {args.command}: error: {error}", file=sys.stderr)
         return 1

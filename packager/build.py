@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import kernel as bootstrap
 from packager import (
     BUNDLE_MANIFEST,
     COMPETITION,
@@ -24,6 +25,7 @@ from packager import (
 from packager import wheels as wheel_tools
 from packager.credentials import credential_like_files, credential_reason, default_owner
 from packager.manifest import sha256_file, write_json, write_manifest
+from packager.push import name_problems
 from packager.trace import trace_runtime_modules
 from weights.manifest import BUNDLED_ENSEMBLE, default_manifest
 
@@ -32,9 +34,12 @@ DEFAULT_DATASET_TITLE = "Deepfake kit bundle"
 DEFAULT_KERNEL_TITLE = "Deepfake kit inference"
 SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+ZIP_WARNING_BYTES = 3 * 2**30  # Kaggle zips each folder on upload; zip64 starts at 4 GiB: warn well before
+MACHINE_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # such as NvidiaTeslaT4 or TpuV5E8
 
 
 def slugify(title: str) -> str:
+    """The slug Kaggle derives from a title: lowercase letters and digits joined by single hyphens."""
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
@@ -55,6 +60,8 @@ class BuildOptions:
     wheel_cache: Path | None = None       # default: $PACKAGER_WHEEL_CACHE or artifacts/cache/wheels
     index_args: list[str] = field(default_factory=list)  # extra pip options (--no-index, --find-links DIR)
     refresh: bool = False                 # resolve the pins again even when the resolution is cached
+    image_packages: Path | None = None    # the image's `pip list --format=freeze`: ship only what it lacks
+    accelerator: str | None = None        # kernel-metadata.json's machine_shape; None: Kaggle's default machine
 
 
 @dataclass(frozen=True)
@@ -94,23 +101,41 @@ def ensemble_files(manifest: Path) -> list[EnsembleFile]:
 
 
 def check_identity(options: BuildOptions) -> tuple[str, str, str]:
+    """The owner, dataset id and kernel id; a PackagingError names every name the Kaggle client would refuse."""
     owner = options.owner or default_owner() or PLACEHOLDER_OWNER
     kernel_slug = options.kernel_slug or slugify(options.kernel_title)
-    for what, value, pattern in (("owner", owner, OWNER), ("dataset slug", options.dataset_slug, SLUG),
-                                 ("kernel slug", kernel_slug, SLUG)):
-        if not pattern.fullmatch(value) or not 3 <= len(value) <= 50:
-            raise PackagingError(f"{what} {value!r} is not a valid Kaggle name (lowercase letters, digits and "
-                                 "hyphens, 3 to 50 characters)")
-    for what, title in (("dataset title", options.dataset_title), ("kernel title", options.kernel_title)):
-        if not 5 <= len(title) <= 50:
-            raise PackagingError(f"{what} {title!r} must be 5 to 50 characters")
+    problems = [f"{what} {value!r} must be lowercase letters and digits joined by single hyphens"
+                for what, value in (("dataset slug", options.dataset_slug), ("kernel slug", kernel_slug))
+                if not SLUG.fullmatch(value)]
+    if not OWNER.fullmatch(owner) or not 3 <= len(owner) <= 50:
+        problems.append(f"owner {owner!r} is not a Kaggle username (3 to 50 letters, digits, '-' and '_')")
+    problems += name_problems({"dataset slug": options.dataset_slug, "dataset title": options.dataset_title,
+                               "kernel slug": kernel_slug, "kernel title": options.kernel_title})
+    if options.accelerator is not None and not MACHINE_SHAPE.fullmatch(options.accelerator):
+        problems.append(f"accelerator {options.accelerator!r} is not a Kaggle machine shape such as NvidiaTeslaT4")
+    if problems:
+        raise PackagingError("; ".join(problems))
     if owner == PLACEHOLDER_OWNER:
-        log(f"no --owner, no $KAGGLE_USERNAME and no kaggle.json: the metadata says {owner!r}; `push` refuses "
-            "it until you rebuild with --owner YOUR_KAGGLE_USERNAME")
+        log(f"no --owner, and no username in $KAGGLE_USERNAME, kaggle.json or the OAuth credentials: the metadata "
+            f"says {owner!r}; `push` refuses it until you rebuild with --owner YOUR_KAGGLE_USERNAME")
     if slugify(options.kernel_title) != kernel_slug:
         log(f"note: Kaggle derives a notebook's slug from its title; title {options.kernel_title!r} gives "
             f"{slugify(options.kernel_title)!r}, not {kernel_slug!r}, which can make a push create a new notebook")
     return owner, f"{owner}/{options.dataset_slug}", f"{owner}/{kernel_slug}"
+
+
+def kernel_metadata(options: BuildOptions, kernel_id: str, dataset_id: str) -> dict:
+    """kernel-metadata.json: a private script, internet off, with the bundle and the competition attached."""
+    metadata = {
+        "id": kernel_id, "title": options.kernel_title, "code_file": "kernel.py", "language": "python",
+        "kernel_type": "script", "is_private": True, "enable_gpu": options.target == "gpu",
+        "enable_tpu": False, "enable_internet": False,  # the Kaggle client's default is True: write it
+        "dataset_sources": [dataset_id], "competition_sources": [COMPETITION],
+        "kernel_sources": [], "model_sources": [],
+    }
+    if options.accelerator:
+        metadata["machine_shape"] = options.accelerator  # the client (2.2.5) sends it, overriding enable_gpu
+    return metadata
 
 
 def copy_runtime(repo: Path, dataset: Path) -> list[str]:
@@ -176,15 +201,54 @@ def check_models_load(manifest: Path) -> None:
         raise PackagingError(f"ensemble {manifest}: {error}") from None
 
 
-def requirements_text(resolution: wheel_tools.Resolution) -> str:
+def requirements_text(resolution: wheel_tools.Resolution, pins: list[bootstrap.Pin],
+                      left_to_image: dict[str, str]) -> str:
+    """The bundle's requirements.txt: every pin, with the image versions kernel.py keeps in its place."""
     lines = [
-        "# Runtime pins of kernel.py; kernel.py installs each one that is not installed yet, offline:",
+        "# Runtime pins of kernel.py. On the image it keeps an installed version that equals the pin, or lies in the",
+        f"# range after `{bootstrap.KEEP_NOTE}` (\"{bootstrap.ANY_VERSION}\": every version), and installs the others "
+        "offline:",
         "#   pip install --no-index --find-links wheels/ REQUIREMENT",
         f"# target: {resolution.target}, CPython {resolution.python_version}, manylinux {wheel_tools.ARCH}",
         *[f"# {note}" for note in resolution.notes],
-        *resolution.requirements,
+        *([f"# no wheels for what the image has: {', '.join(f'{n} {v}' for n, v in sorted(left_to_image.items()))}"]
+          if left_to_image else []),
+        *[pin.requirement + (f"  # {bootstrap.KEEP_NOTE} {pin.keep}" if pin.keep else "") for pin in pins],
     ]
     return "\n".join(lines) + "\n"
+
+
+def resolve_wheels(options: BuildOptions, repo: Path,
+                   cache_dir: Path) -> tuple[wheel_tools.Resolution, list[bootstrap.Pin], dict[str, str]]:
+    """The wheels to ship, the bundle's pins, and {pin: the image's version} of the pins left to the image."""
+    pins = wheel_tools.read_pins(options.requirements or repo / "requirements-kernel.txt")
+    resolution = wheel_tools.resolve_cached([pin.requirement for pin in pins], options.python_version,
+                                            options.target, cache_dir, options.index_args, refresh=options.refresh,
+                                            log=log)
+    pins = wheel_tools.bundle_pins(resolution, pins)
+    if options.image_packages is None:
+        return resolution, pins, {}
+    image = wheel_tools.read_image_packages(options.image_packages)
+    needed, left_to_image = wheel_tools.for_image(resolution, pins, image)
+    log(f"image {options.image_packages.name} ({len(image)} packages) has "
+        f"{', '.join(f'{name} {version}' for name, version in sorted(left_to_image.items())) or 'none of the pins'}:"
+        f" {len(needed.wheels)} of {len(resolution.wheels)} wheels ship")
+    return needed, pins, left_to_image
+
+
+def report_sizes(manifest: dict) -> None:
+    """Log the size of each folder (one zip each on upload) and the total; warn as a folder nears zip64's 4 GiB."""
+    sizes: dict[str, int] = {}
+    for entry in manifest["files"]:
+        parts = entry["path"].split("/")
+        folder = "/".join(parts[:2]) + "/" if len(parts) > 2 else f"{parts[0]}/ (files)"
+        sizes[folder] = sizes.get(folder, 0) + entry["size"]
+    log("size: " + ", ".join(f"{folder} {size / 1e6:.1f} MB" for folder, size in sorted(sizes.items()))
+        + f"; total {sum(sizes.values()) / 1e6:.1f} MB")
+    for folder, size in sorted(sizes.items()):
+        if size >= ZIP_WARNING_BYTES:
+            log(f"warning: {folder} is {size / 2**30:.2f} GiB: Kaggle zips each folder on upload, and past 4 GiB the "
+                "zip needs zip64; `--image-packages FILE` leaves out what the Kaggle image already has")
 
 
 def prepare_out(out: Path) -> Path:
@@ -217,32 +281,25 @@ def build(options: BuildOptions) -> dict:
         ensemble_items, known = copy_ensemble(ensemble, dataset)
 
         step = time.perf_counter()
-        pins = wheel_tools.parse_requirements(options.requirements or repo / "requirements-kernel.txt")
-        resolution = wheel_tools.resolve_cached(pins, options.python_version, options.target, cache_dir,
-                                                options.index_args, refresh=options.refresh, log=log)
+        resolution, pins, left_to_image = resolve_wheels(options, repo, cache_dir)
         digests = wheel_tools.fetch(resolution, cache_dir, options.index_args, log=log)
         for wheel in resolution.wheels:
             wheel_tools.link_or_copy(cache_dir / wheel.filename, dataset / WHEELS_DIR / wheel.filename)
             known[f"{DATASET_DIR}/{WHEELS_DIR}/{wheel.filename}"] = digests[wheel.filename]
         log(f"wheels: {len(resolution.wheels)} wheels linked from {cache_dir} in {time.perf_counter() - step:.1f} s")
-        (dataset / "requirements.txt").write_text(requirements_text(resolution))
+        (dataset / "requirements.txt").write_text(requirements_text(resolution, pins, left_to_image))
 
         write_json(dataset / DATASET_METADATA, {
             "id": dataset_id, "title": options.dataset_title, "licenses": [{"name": options.license}],
         })
         shutil.copyfile(repo / "kernel.py", kernel / "kernel.py")
-        write_json(kernel / KERNEL_METADATA, {
-            "id": kernel_id, "title": options.kernel_title, "code_file": "kernel.py", "language": "python",
-            "kernel_type": "script", "is_private": True, "enable_gpu": options.target == "gpu",
-            "enable_tpu": False, "enable_internet": False,  # the Kaggle client's default is True: write it
-            "dataset_sources": [dataset_id], "competition_sources": [COMPETITION],
-            "kernel_sources": [], "model_sources": [],
-        })
+        write_json(kernel / KERNEL_METADATA, kernel_metadata(options, kernel_id, dataset_id))
         info = {
             "python_version": resolution.python_version, "target": resolution.target,
             "platforms": list(resolution.platforms), "requirements": list(resolution.requirements),
             "notes": list(resolution.notes),
             "wheels": [{"name": w.name, "version": w.version, "file": w.filename} for w in resolution.wheels],
+            "left_to_image": left_to_image,
             "runtime_modules": modules,
             "ensemble": {"manifest": f"{DATASET_DIR}/{BUNDLED_ENSEMBLE.as_posix()}",
                          "files": [item.path for item in ensemble_items]},
@@ -254,6 +311,7 @@ def build(options: BuildOptions) -> dict:
             (staging / part).rename(out / part)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    report_sizes(manifest)
     size = sum(entry["size"] for entry in manifest["files"])
     log(f"built {out}: {len(manifest['files'])} files, {size / 1e6:.1f} MB, {len(resolution.wheels)} wheels, "
         f"in {time.perf_counter() - started:.1f} s")

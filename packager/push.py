@@ -1,30 +1,67 @@
-"""`python -m packager push`: the dataset (`-r zip`), then the kernel, with the Kaggle CLI.
+"""`python -m packager push`: the dataset (`-r zip`), a wait until Kaggle has processed it, then the kernel, with
+the Kaggle client (kaggle==2.2.5).
 
-Without credentials it prints the commands instead. It refuses a bundle that does not match its manifest, or
-whose metadata names another owner than the credentials (metadata pulled from Kaggle carries prefixes, and
-ids of another account, that break a re-push).
+That client exits 0 when the server refuses a request: it only prints "Dataset creation error: ...", "Kernel push
+error: ..." or that a source is "not valid". So push reads what each command prints, stops at the first such line
+or non-zero exit and names the cause; the kernel is pushed only once `kaggle datasets status` says ready. Without
+credentials it prints the commands instead. It refuses a bundle that does not match its manifest, names the
+client would refuse, and metadata whose owner is not the signed-in user (metadata pulled from Kaggle carries
+prefixes, and ids of another account, that break a re-push).
 """
 from __future__ import annotations
 
+import codecs
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from packager import DATASET_DIR, DATASET_METADATA, KERNEL_DIR, KERNEL_METADATA, PLACEHOLDER_OWNER, PackagingError
-from packager.credentials import find_kaggle_credentials, kaggle_config_dirs
+from packager.credentials import KaggleCredentials, find_kaggle_credentials, sign_in_forms
 from packager.manifest import check_files
 
+CLIENT = "kaggle==2.2.5"
+INSTALL = "pip install kaggle==2.2.5 six"  # the client imports six without declaring it
 KAGGLE_ID = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]*)/([a-z0-9]+(?:-[a-z0-9]+)*)")
+# Lengths the client checks before uploading (dataset slug and title 6+, kernel slug and title 5+); 50 is Kaggle's
+# maximum for slugs and titles.
+NAME_LIMITS = {"dataset slug": (6, 50), "dataset title": (6, 50), "kernel slug": (5, 50), "kernel title": (5, 50)}
+DEFAULT_WAIT = 1800.0  # seconds: Kaggle unpacks and indexes a few GB of wheels before the dataset is ready
+POLL_SECONDS = 10.0
+READY, FAILED = "ready", ("failed", "error", "deleted")  # `datasets status` prints the server's state, lowercased
+# What the client prints, still exiting 0, when the server refused the request.
+REFUSALS = ("Dataset creation error", "Dataset version creation error", "Kernel push error")
+HINTS = {
+    ("datasets", "create"): "the slug may be taken; use `python -m packager push` without --new to add a version",
+    ("datasets", "version"): "is this the first upload? then `python -m packager push --new` creates the dataset",
+}
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
 
 
 def commands(dist: Path, message: str, new: bool) -> list[list[str]]:
+    """The dataset upload and the kernel push, as the user would type them."""
     dataset, kernel = str(dist / DATASET_DIR), str(dist / KERNEL_DIR)
     upload = (["kaggle", "datasets", "create", "-p", dataset, "-r", "zip"] if new else
               ["kaggle", "datasets", "version", "-p", dataset, "-m", message, "-r", "zip"])
     return [upload, ["kaggle", "kernels", "push", "-p", kernel]]
+
+
+def name_problems(names: dict[str, str]) -> list[str]:
+    """What the Kaggle client or site would refuse among these names (keyed as NAME_LIMITS)."""
+    problems = []
+    for what, value in names.items():
+        low, high = NAME_LIMITS[what]
+        if not low <= len(value) <= high:
+            problems.append(f"{what} {value!r} has {len(value)} characters; Kaggle takes {low} to {high}")
+    return problems
 
 
 def check_metadata(dist: Path) -> tuple[str, dict, dict]:
@@ -35,6 +72,7 @@ def check_metadata(dist: Path) -> tuple[str, dict, dict]:
     except (OSError, ValueError) as error:
         raise PackagingError(f"cannot read the metadata in {dist}: {error} (run `python -m packager build`)")
     problems, owners = [], set()
+    names = {"dataset title": str(dataset_meta.get("title", "")), "kernel title": str(kernel_meta.get("title", ""))}
     ids = [("dataset id", dataset_meta.get("id")), ("kernel id", kernel_meta.get("id"))]
     ids += [("dataset_sources entry", source) for source in kernel_meta.get("dataset_sources", [])]
     for what, value in ids:
@@ -42,8 +80,11 @@ def check_metadata(dist: Path) -> tuple[str, dict, dict]:
         if not match:
             problems.append(f"{what} {value!r} is not OWNER/slug (metadata pulled from Kaggle can carry prefixes "
                             "that break a re-push: rebuild it with `python -m packager build`)")
-        else:
-            owners.add(match.group(1))
+            continue
+        owners.add(match.group(1))
+        if what in ("dataset id", "kernel id"):
+            names[what.replace(" id", " slug")] = match.group(2)
+    problems += name_problems(names)
     if len(owners) > 1:
         problems.append(f"the ids name several owners: {', '.join(sorted(owners))}")
     if dataset_meta.get("id") not in kernel_meta.get("dataset_sources", []):
@@ -56,53 +97,135 @@ def check_metadata(dist: Path) -> tuple[str, dict, dict]:
     return owners.pop(), dataset_meta, kernel_meta
 
 
-def push(dist: Path, message: str, new: bool = False, dry_run: bool = False) -> int:
-    dist = dist.resolve()
-    check_files(dist)
-    owner, dataset_meta, kernel_meta = check_metadata(dist)
-    planned = commands(dist, message, new)
-    printed = "\n".join("  " + shlex.join(command) for command in planned)
-    credentials = find_kaggle_credentials()
-    if dry_run or credentials is None:
-        if credentials is None:
-            print("packager push: no Kaggle credentials (KAGGLE_USERNAME + KAGGLE_KEY, or kaggle.json in "
-                  f"{' or '.join(str(d) for d in kaggle_config_dirs())}): nothing was pushed.\n"
-                  "Create an API token on kaggle.com (Settings > API), save it as kaggle.json there (chmod 600),\n"
-                  "then run `python -m packager push` again (`--new` for the first upload), or run these "
-                  "commands yourself:")
-        else:
-            print("packager push --dry-run: would run")
-        print(printed)
-        if owner == PLACEHOLDER_OWNER:
-            print(f"The metadata's owner is the placeholder {owner!r}: rebuild with --owner YOUR_KAGGLE_USERNAME.")
-        print(hints(owner, dataset_meta, kernel_meta, new))
-        return 0 if dry_run else 1
+def check_owner(owner: str, credentials: KaggleCredentials) -> None:
+    """The metadata's owner must be the signed-in user: ids of another account break a push."""
     if owner == PLACEHOLDER_OWNER:
         raise PackagingError(f"the metadata's owner is the placeholder {owner!r}: rebuild with "
-                             f"--owner {credentials.username}")
-    if owner.lower() != credentials.username.lower():
+                             f"--owner {credentials.username or 'YOUR_KAGGLE_USERNAME'}")
+    if credentials.username is None:
+        print(f"packager push: the {credentials.form} ({credentials.source}) names its user only to the server: "
+              f"the metadata's owner {owner!r} is not checked here", flush=True)
+    elif owner.lower() != credentials.username.lower():
         raise PackagingError(f"the metadata belongs to {owner!r} but the credentials ({credentials.source}) are "
                              f"{credentials.username!r}: rebuild with --owner {credentials.username} (ids of "
                              "another account, or pulled from Kaggle with prefixes, break a push)")
+
+
+def run_client(command: list[str]) -> tuple[int, str]:
+    """Run one client command, echoing what it prints as it comes (stderr merged); its exit status and output."""
+    # Unbuffered, or the client's lines would only show when it exits.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pieces = []
+    for chunk in iter(lambda: process.stdout.read1(65536), b""):
+        pieces.append(decoder.decode(chunk))
+        sys.stdout.write(pieces[-1])
+        sys.stdout.flush()
+    pieces.append(decoder.decode(b"", final=True))
+    return process.wait(), "".join(pieces)
+
+
+def failure(command: list[str], returncode: int, output: str, dataset_id: str) -> str | None:
+    """The one-line cause when a client command failed, though it may have exited 0; None when it succeeded."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    hint = HINTS.get((command[1], command[2]))
+    refused = next((line for line in lines if any(refusal in line for refusal in REFUSALS)), None)
+    dropped = next((line for line in lines if "not valid" in line.lower() and "source" in line.lower()), None)
+    if refused:
+        cause = f"the server refused it: {refused}"
+    elif dropped:
+        cause = f"the server left out a source the notebook needs: {dropped}"
+        hint = (f"the new version runs without it; once `kaggle datasets status {dataset_id}` says ready (and the "
+                f"competition's rules are accepted by this account), push again: {shlex.join(command)}")
+    elif returncode != 0:
+        cause = f"it failed (exit {returncode})" + (f": {lines[-1]}" if lines else "")
+    else:
+        return None
+    return f"{shlex.join(command[:3])}: {cause}" + (f" ({hint})" if hint else "")
+
+
+def run_step(kaggle: str, command: list[str], dataset_id: str) -> None:
+    """Run one client command; a PackagingError naming the cause when it failed."""
+    print(f"packager push: {shlex.join(command)}", flush=True)
+    returncode, output = run_client([kaggle, *command[1:]])
+    cause = failure(command, returncode, output, dataset_id)
+    if cause:
+        raise PackagingError(cause)
+
+
+def dataset_status(kaggle: str, dataset_id: str) -> tuple[bool, str]:
+    """Whether `kaggle datasets status` answered, and its answer (the state, or what it printed on failing)."""
+    process = subprocess.run([kaggle, "datasets", "status", dataset_id], capture_output=True, text=True)
+    lines = [line.strip() for line in f"{process.stdout}\n{process.stderr}".splitlines() if line.strip()]
+    if process.returncode != 0:
+        return False, f"exit {process.returncode}" + (f": {lines[-1]}" if lines else "")
+    return True, lines[-1].lower() if lines else ""
+
+
+def wait_until_ready(kaggle: str, dataset_id: str, then: list[str], wait: float, clock: Clock, sleep: Sleep) -> None:
+    """Poll the dataset's status until it says ready; a PackagingError when it failed or `wait` seconds ran out."""
+    asked = f"kaggle datasets status {dataset_id}"
+    started = clock()
+    while True:
+        answered, status = dataset_status(kaggle, dataset_id)
+        if answered and status == READY:
+            print(f"packager push: dataset {dataset_id} is ready", flush=True)
+            return
+        if answered and status in FAILED:
+            raise PackagingError(f"{asked}: {status!r}: Kaggle could not process the upload; the kernel was not "
+                                 "pushed")
+        waited = clock() - started
+        if waited >= wait:
+            raise PackagingError(f"{asked}: still {status!r} after {waited:.0f} s (--wait {wait:g}): the kernel "
+                                 f"was not pushed; once it says ready, run {shlex.join(then)}")
+        print(f"packager push: dataset {dataset_id} is {status!r}; asking again in {POLL_SECONDS:g} s "
+              f"({waited:.0f} of {wait:g} s)", flush=True)
+        sleep(min(POLL_SECONDS, wait - waited))
+
+
+def push(dist: Path, message: str, new: bool = False, dry_run: bool = False, wait: float = DEFAULT_WAIT,
+         clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> int:
+    """Upload the dataset, wait (up to `wait` seconds) until Kaggle says it is ready, then push the kernel."""
+    dist = dist.resolve()
+    check_files(dist)
+    owner, dataset_meta, kernel_meta = check_metadata(dist)
+    upload, kernel_push = commands(dist, message, new)
+    printed = "\n".join([f"  {shlex.join(upload)}",
+                         f"  kaggle datasets status {dataset_meta['id']}   # until it says ready",
+                         f"  {shlex.join(kernel_push)}"])
+    credentials = find_kaggle_credentials()
+    if dry_run or credentials is None:
+        if credentials is None:
+            forms = "\n".join(f"  - {form}" for form in sign_in_forms())
+            print(f"packager push: no Kaggle credentials: nothing was pushed. The Kaggle client ({CLIENT}) signs "
+                  f"in with any of:\n{forms}\nCreate an API token on kaggle.com (Settings > API) for one of them, "
+                  "then run `python -m packager push` again (`--new` for the first upload), or run these commands "
+                  "yourself:")
+        else:
+            print(f"packager push --dry-run: signed in with the {credentials.form} ({credentials.source}); "
+                  "would run")
+        print(printed)
+        if owner == PLACEHOLDER_OWNER:
+            print(f"The metadata's owner is the placeholder {owner!r}: rebuild with --owner YOUR_KAGGLE_USERNAME.")
+        print(hints(owner, kernel_meta))
+        return 0 if dry_run else 1
+    check_owner(owner, credentials)
     kaggle = shutil.which("kaggle")
     if kaggle is None:
-        raise PackagingError("the Kaggle CLI is not on PATH (pip install kaggle); the commands are:\n" + printed)
-    for command in planned:
-        print(f"packager push: {shlex.join(command)}", flush=True)
-        process = subprocess.run([kaggle, *command[1:]])
-        if process.returncode != 0:
-            hint = ("; is this the first upload? then `python -m packager push --new` creates the dataset"
-                    if command[1:3] == ["datasets", "version"] else "")
-            raise PackagingError(f"{shlex.join(command)} failed (exit {process.returncode}){hint}")
-    print(hints(owner, dataset_meta, kernel_meta, new))
+        raise PackagingError(f"the Kaggle client is not on PATH ({INSTALL}); the commands are:\n" + printed)
+    print(f"packager push: signed in with the {credentials.form} ({credentials.source})", flush=True)
+    run_step(kaggle, upload, dataset_meta["id"])
+    wait_until_ready(kaggle, dataset_meta["id"], kernel_push, wait, clock, sleep)
+    run_step(kaggle, kernel_push, dataset_meta["id"])
+    print(hints(owner, kernel_meta))
     return 0
 
 
-def hints(owner: str, dataset_meta: dict, kernel_meta: dict, new: bool) -> str:
+def hints(owner: str, kernel_meta: dict) -> str:
     kernel_slug = kernel_meta["id"].split("/", 1)[1]
     return "\n".join([
         "Next:",
-        f"  - wait until the dataset version is ready: kaggle datasets status {dataset_meta['id']}",
         f"  - open https://www.kaggle.com/code/{owner}/{kernel_slug} and save it once in the web UI (Save Version):",
         "    users report pushed notebooks stay 'not found' until saved there once",
         "  - then submit its submission.csv to the competition from the notebook's page",

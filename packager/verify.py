@@ -10,6 +10,11 @@
    with no weights/ beside it, so the bundle is found under $KAGGLE_INPUT), network blocked: the kernel
    installs its wheels from the bundle into the empty venv, then writes working/submission.csv.
 4. The repository's kernel.py on the same videos, in this interpreter; every row must agree within 1e-6.
+5. Every pin as the kernel left it is one kernel.py keeps, and nothing else is in the venv.
+
+With `--image FILE` (the Kaggle image's `pip list --format=freeze`) the venv is first seeded, with this
+machine's pip configuration and network, with the image's versions of the pins the image has (the image's other
+versions constrain their dependencies); then the network is blocked, and the kernel must install what differs.
 
 The network block: `unshare --net` (or `unshare -rn`, user namespaces) when this machine allows it, checked by
 a connect() to public addresses that must fail; otherwise a sitecustomize.py in the venv that refuses every
@@ -27,10 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import kernel as bootstrap
 from packager import (
     COMPETITION,
     DATASET_DIR,
@@ -42,7 +49,7 @@ from packager import (
     PackagingError,
 )
 from packager.manifest import check_files, sha256_file
-from packager.wheels import _unsatisfied, canonical_name, requirement_name
+from packager.wheels import _unsatisfied, canonical_name, read_image_packages, requirement_name
 from weights.manifest import BUNDLED_ENSEMBLE, default_manifest
 
 PROBE_ADDRESSES = (("1.1.1.1", 443), ("8.8.8.8", 53), ("151.101.0.223", 443))  # Cloudflare, Google, PyPI
@@ -120,6 +127,7 @@ class VerifyOptions:
     repo: Path = REPO_ROOT
     work: Path | None = None        # default: a temporary folder
     isolation: str = "auto"         # auto | unshare | sitecustomize
+    image: Path | None = None       # the image's `pip list --format=freeze`: seed the venv with its versions
 
 
 def log(message: str) -> None:
@@ -179,7 +187,9 @@ def clean_env(work: Path, venv: Path, extra: dict | None = None) -> dict:
 class Sandbox:
     """A fresh venv plus the way to run things in it with the network blocked."""
 
-    def __init__(self, work: Path, python: str, isolation: str = "auto"):
+    def __init__(self, work: Path, python: str, isolation: str = "auto",
+                 seed: Callable[[Sandbox], None] | None = None):
+        """`seed` runs in the new venv with the network, before the network is blocked."""
         self.work, self.venv = work, work / "venv"
         self.env = clean_env(work, self.venv)
         self.prefix: list[str] = []
@@ -193,6 +203,8 @@ class Sandbox:
         process = self.run([python, "-m", "venv", str(self.venv)], capture_output=True, text=True)
         if process.returncode != 0:
             raise PackagingError(f"python -m venv {self.venv} failed:\n{process.stderr[-3000:]}")
+        if seed:
+            seed(self)
         if not self.prefix:
             install_sitecustomize(self.venv)
         blocked, detail = _probe([*self.prefix, str(venv_python(self.venv))], env=self.env)
@@ -233,6 +245,8 @@ def check_metadata(dist: Path, manifest: dict) -> None:
     expected = {canonical_name(w["name"]): w["file"] for w in manifest.get("wheels", [])}
     for requirement in read_requirements(dist / DATASET_DIR / "requirements.txt"):
         name = requirement_name(requirement)
+        if name in manifest.get("left_to_image", {}):
+            continue
         if name not in expected:
             problems.append(f"requirements.txt pins {requirement}, but the bundle manifest lists no wheel for it")
         elif expected[name] not in wheels:
@@ -247,17 +261,28 @@ def read_requirements(path: Path) -> list[str]:
     return [r for r in (line.split("#", 1)[0].strip() for line in path.read_text().splitlines()) if r]
 
 
-def check_offline_resolution(sandbox: Sandbox, dist: Path, manifest: dict) -> list[str]:
-    """`pip install --dry-run --no-index` of the pins from the bundle's wheels in the empty venv, offline.
+def check_offline_resolution(sandbox: Sandbox, dist: Path, manifest: dict,
+                             installed: dict[str, str] | None = None) -> list[str]:
+    """`pip install --dry-run --no-index` from the bundle's wheels, offline, of the pins the kernel would install
+    given `installed` (the seeded image's versions; None: an empty venv, where it installs every pin).
 
     Returns the wheel files pip would install; a failure names the missing wheel file where the manifest knows it.
     """
-    wheels_dir, requirements = dist / DATASET_DIR / WHEELS_DIR, dist / DATASET_DIR / "requirements.txt"
+    wheels_dir = dist / DATASET_DIR / WHEELS_DIR
+    choices = bootstrap.plan(dist / DATASET_DIR, (installed or {}).get)
+    stops = [f"{choice.pin.name}: {choice.reason}" for choice in choices if choice.action == "stop"]
+    if stops:
+        raise PackagingError("the kernel would stop on this image: " + "; ".join(stops))
+    requirements = [choice.pin.requirement for choice in choices if choice.action == "install"]
+    if not requirements:
+        log("offline resolution: the image has every pin at a version the kernel keeps")
+        return []
     report = sandbox.work / "resolution.json"
     started = time.perf_counter()
+    fresh = [] if installed else ["--ignore-installed"]  # an empty venv: everything the bundle ships
     process = sandbox.run([sandbox.python, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links",
-                           str(wheels_dir), "--ignore-installed", "--quiet", "--report", str(report),
-                           "-r", str(requirements)], capture_output=True, text=True)
+                           str(wheels_dir), *fresh, "--quiet", "--report", str(report), *requirements],
+                          capture_output=True, text=True)
     if process.returncode != 0:
         files = {canonical_name(w["name"]): w["file"] for w in manifest.get("wheels", [])}
         named = []
@@ -272,6 +297,51 @@ def check_offline_resolution(sandbox: Sandbox, dist: Path, manifest: dict) -> li
     files = sorted(Path(item["download_info"]["url"]).name for item in installs)
     log(f"offline resolution: {len(files)} wheels from {wheels_dir} in {time.perf_counter() - started:.1f} s")
     return files
+
+
+def seed_image(sandbox: Sandbox, image: dict[str, str | None], pins: list[bootstrap.Pin]) -> None:
+    """Install the image's versions of the pins (or of their equivalents) with this machine's pip configuration
+    and network, its other versions as constraints on their dependencies; what no index has is left out, named."""
+    names = {canonical_name(name) for pin in pins for name in (pin.name, *bootstrap.SAME_PACKAGE.get(pin.name, ()))}
+    seeds = {name: version for name, version in image.items() if name in names and version}
+    constraints = {name: version for name, version in image.items() if name not in names and version}
+    if not seeds:
+        raise PackagingError("the image package list has none of the bundle's pins: nothing to seed the venv with")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PIP_CONFIG_FILE")}
+    constraints_file = sandbox.work / "image-constraints.txt"
+    started = time.perf_counter()
+    while True:
+        constraints_file.write_text("".join(f"{name}=={version}\n" for name, version in sorted(constraints.items())))
+        process = subprocess.run([sandbox.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                                  "-c", str(constraints_file), *(f"{n}=={v}" for n, v in sorted(seeds.items()))],
+                                 capture_output=True, text=True, env=env)
+        if process.returncode == 0:
+            break
+        unavailable = {requirement_name(r) for r in _unsatisfied(process.stderr)} & (seeds.keys() | constraints.keys())
+        if not unavailable:
+            raise PackagingError(f"could not install the image's versions into {sandbox.venv}:\n"
+                                 f"{process.stderr[-3000:]}")
+        log("not on the indexes, so not seeded: " + ", ".join(f"{n}=={seeds.get(n) or constraints.get(n)}"
+                                                             for n in sorted(unavailable)))
+        for name in unavailable:
+            seeds.pop(name, None)
+            constraints.pop(name, None)
+    log(f"seeded the venv with the image's {', '.join(f'{n} {v}' for n, v in sorted(seeds.items()))} "
+        f"in {time.perf_counter() - started:.1f} s")
+
+
+def check_pins_honoured(dist: Path, installed: dict[str, str], bundled: dict[str, str],
+                        seeded: dict[str, str]) -> None:
+    """After the kernel ran: each pin at a version kernel.py keeps, and every distribution either a bundled wheel
+    or left from the seeded image."""
+    wrong = [f"{choice.pin.name}: {choice.reason}" for choice in bootstrap.plan(dist / DATASET_DIR, installed.get)
+             if choice.action != "keep"]
+    if wrong:
+        raise PackagingError("after the kernel's installs, pins are not honoured: " + "; ".join(wrong))
+    strays = sorted(f"{n}=={v}" for n, v in installed.items()
+                    if n not in ("pip", "setuptools") and v not in (bundled.get(n), seeded.get(n)))
+    if strays:
+        raise PackagingError(f"the venv holds distributions that are not the bundled wheels: {', '.join(strays)}")
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -353,14 +423,22 @@ def verify(options: VerifyOptions) -> dict:
     log(f"{len(manifest['files'])} files match {DATASET_DIR}/bundle-manifest.json "
         f"({time.perf_counter() - started:.1f} s)")
     check_metadata(dist, manifest)
+    left_to_image = manifest.get("left_to_image", {})
+    if left_to_image and options.image is None:
+        raise PackagingError(f"the bundle leaves {', '.join(sorted(left_to_image))} to the image it was built for: "
+                             "verify it with --image FILE (that image's package list)")
+    image = read_image_packages(options.image) if options.image else None
     python = find_python(manifest["python_version"])
     work = Path(options.work or tempfile.mkdtemp(prefix="packager-verify-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     summary = {"files": len(manifest["files"]), "work": str(work)}
     try:
-        sandbox = Sandbox(work, python, options.isolation)
+        pins = bootstrap.read_pins(dist / DATASET_DIR / "requirements.txt")
+        seed = functools.partial(seed_image, image=image, pins=pins) if image else None
+        sandbox = Sandbox(work, python, options.isolation, seed=seed)
+        seeded = installed_distributions(sandbox) if image else {}
         summary["isolation"] = sandbox.method
-        summary["resolved"] = check_offline_resolution(sandbox, dist, manifest)
+        summary["resolved"] = check_offline_resolution(sandbox, dist, manifest, seeded or None)
         if options.check_only:
             log(f"checks passed in {time.perf_counter() - started:.1f} s (--check-only: the kernel was not run)")
             return summary
@@ -401,13 +479,14 @@ def verify(options: VerifyOptions) -> dict:
             raise PackagingError(f"the bundled kernel failed offline in the fresh venv (exit {code}); "
                                  f"last lines of {work / 'bundle-run.log'}:\n{output[-4000:]}")
         installed = installed_distributions(sandbox)
-        wheels = {canonical_name(w["name"]): w["version"] for w in manifest["wheels"]}
-        strays = sorted(f"{n}=={v}" for n, v in installed.items()
-                        if n not in ("pip", "setuptools") and wheels.get(n) != v)
-        if strays:
-            raise PackagingError(f"the venv holds distributions that are not the bundled wheels: {', '.join(strays)}")
-        log(f"bundled kernel: offline install of {len(installed)} distributions and the run took "
-            f"{summary['bundle_seconds']:.1f} s")
+        bundled = {canonical_name(w["name"]): w["version"] for w in manifest["wheels"]}
+        check_pins_honoured(dist, installed, bundled, seeded)
+        summary["packages"] = {pin.name: installed.get(canonical_name(pin.name)) for pin in pins}
+        for line in output.splitlines():
+            if line.startswith("package "):
+                log(f"  {line}")
+        log(f"bundled kernel: offline install of {len(set(installed.items()) - set(seeded.items()))} distributions "
+            f"and the run took {summary['bundle_seconds']:.1f} s")
         bundle_rows = read_submission(working / "submission.csv")
         if ref_code != 0:
             raise PackagingError(f"the local reference run failed (exit {ref_code}):\n{ref_output[-4000:]}")

@@ -6,6 +6,10 @@ without installing anything; it is cached per input (pins, Python, platforms, in
 needs neither the network nor pip. Files missing from the cache are fetched with `pip download --no-deps` by
 URL and hash-checked; the bundle gets hard links to the cached files (copies across file systems).
 
+Image-aware bundles (`--image-packages FILE`, the image's `pip list --format=freeze`): kernel.py's rule
+(`kernel.choose`) says which pins the image satisfies; only the others ship, with the part of their closure the
+image lacks or has at a version their requirements exclude.
+
 Platform tags: the target (Kaggle's image, glibc >= 2.28) accepts every manylinux tag up to 2_28, and pip
 does not expand `manylinux_2_28` to the older ones by itself: name them all. The four usual tags (2_28, 2_27,
 2_17, 2014) are not enough: nvidia-nccl-cu13 2.30.7 (a torch 2.14.1 dependency) is tagged manylinux_2_18 only,
@@ -21,10 +25,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import Version
+
+import kernel
+from kernel import canonical_name
 from packager import REPO_ROOT, PackagingError
 from packager.manifest import dump_json, sha256_many
 
@@ -33,16 +42,12 @@ PLATFORMS = tuple(f"manylinux_2_{minor}_{ARCH}" for minor in range(28, 16, -1)) 
     f"{legacy}_{ARCH}" for legacy in ("manylinux2014", "manylinux2010", "manylinux1"))
 TARGETS = ("gpu", "cpu")
 GPU_SWAPS = {"onnxruntime": "onnxruntime-gpu"}  # CPU distribution -> its CUDA build (same import name)
-RESOLUTION_FORMAT = 1
+RESOLUTION_FORMAT = 2  # 2: each wheel's requirements recorded
 
 
 def default_cache_dir() -> Path:
     """$PACKAGER_WHEEL_CACHE, else artifacts/cache/wheels in the repository (one pool for every target)."""
     return Path(os.environ.get("PACKAGER_WHEEL_CACHE") or REPO_ROOT / "artifacts" / "cache" / "wheels")
-
-
-def canonical_name(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def requirement_name(requirement: str) -> str:
@@ -56,6 +61,7 @@ class Wheel:
     filename: str
     url: str
     sha256: str | None
+    requires: tuple[str, ...] = ()  # its Requires-Dist lines, markers included
 
 
 @dataclass(frozen=True)
@@ -68,21 +74,28 @@ class Resolution:
     wheels: tuple[Wheel, ...]      # the whole closure, sorted by file name
 
 
-def parse_requirements(path: Path) -> list[str]:
-    """The requirement lines of a requirements file, comments and blank lines dropped, order kept."""
+def read_pins(path: Path) -> list[kernel.Pin]:
+    """The pins of a requirements file (name==version, with the image versions kernel.py keeps), order kept."""
     if not path.is_file():
         raise PackagingError(f"{path} is missing (the kernel's runtime pins)")
-    requirements = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        requirement = line.split("#", 1)[0].strip()
-        if not requirement:
-            continue
-        if requirement.startswith("-"):
-            raise PackagingError(f"{path}:{number}: options ({requirement}) are not supported in the runtime pins")
-        requirements.append(requirement)
-    if not requirements:
+    try:
+        pins = kernel.read_pins(path)
+    except ValueError as error:
+        raise PackagingError(f"{error}: a runtime pin is exact, the image versions kept go in an "
+                             f"`# {kernel.KEEP_NOTE} RANGE` comment") from None
+    if not pins:
         raise PackagingError(f"{path} pins no requirement")
-    return requirements
+    return pins
+
+
+def bundle_pins(resolution: Resolution, pins: list[kernel.Pin]) -> list[kernel.Pin]:
+    """The resolution's pins (after the target's swaps), each with the image versions its source pin keeps."""
+    keeps = {}
+    for pin in pins:
+        name = canonical_name(pin.name)
+        keeps[name] = keeps[canonical_name(GPU_SWAPS.get(name, name))] = pin.keep
+    return [kernel.Pin(requirement_name(r), r.split("==", 1)[1].strip(), keeps.get(requirement_name(r)))
+            for r in resolution.requirements]
 
 
 def target_args(python_version: str, platforms=PLATFORMS) -> list[str]:
@@ -115,26 +128,18 @@ def available_versions(name: str, python_version: str, index_args: list[str], pl
     return [v.strip() for v in found.group(1).split(",") if v.strip()]
 
 
-def _version_key(text: str):
-    try:
-        from packaging.version import Version
-    except ImportError:  # pragma: no cover - pip always vendors it
-        from pip._vendor.packaging.version import Version
-    return Version(text)
-
-
 def nearest_version(wanted: str, available: list[str]) -> str | None:
     """`wanted` if available; else the highest release of the same major.minor; else the highest below it;
     else the lowest above it. Pre-releases are never picked."""
-    releases = sorted({v for v in available if not _version_key(v).is_prerelease}, key=_version_key)
+    releases = sorted({v for v in available if not Version(v).is_prerelease}, key=Version)
     if not releases:
         return None
-    target = _version_key(wanted)
-    if any(_version_key(v) == target for v in releases):
-        return next(v for v in releases if _version_key(v) == target)
-    same_minor = [v for v in releases if _version_key(v).release[:2] == target.release[:2]]
-    below = [v for v in releases if _version_key(v) < target]
-    above = [v for v in releases if _version_key(v) > target]
+    target = Version(wanted)
+    if any(Version(v) == target for v in releases):
+        return next(v for v in releases if Version(v) == target)
+    same_minor = [v for v in releases if Version(v).release[:2] == target.release[:2]]
+    below = [v for v in releases if Version(v) < target]
+    above = [v for v in releases if Version(v) > target]
     return (same_minor or below or [None])[-1] or above[0]
 
 
@@ -195,7 +200,8 @@ def resolve(requirements: list[str], python_version: str, index_args: list[str],
             raise PackagingError(f"{name}=={item['metadata']['version']} resolved to {filename}, not a wheel: "
                                  "the bundle takes binary wheels only")
         digest = (info.get("archive_info") or {}).get("hashes", {}).get("sha256")
-        wheels.append(Wheel(name, item["metadata"]["version"], filename, info["url"], digest))
+        wheels.append(Wheel(name, item["metadata"]["version"], filename, info["url"], digest,
+                            tuple(item["metadata"].get("requires_dist", []))))
     return sorted(wheels, key=lambda w: w.filename)
 
 
@@ -214,7 +220,8 @@ def resolve_cached(requirements: list[str], python_version: str, target: str, ca
         data = json.loads(path.read_text())
         log(f"wheels: resolution cached in {path}")
         return Resolution(python_version, target, tuple(PLATFORMS), tuple(data["requirements"]),
-                          tuple(data["notes"]), tuple(Wheel(**w) for w in data["wheels"]))
+                          tuple(data["notes"]), tuple(Wheel(**{**w, "requires": tuple(w["requires"])})
+                                                      for w in data["wheels"]))
     pins, notes = target_requirements(requirements, target, python_version, index_args)
     for note in notes:
         log(f"wheels: {note}")
@@ -224,6 +231,77 @@ def resolve_cached(requirements: list[str], python_version: str, target: str, ca
                                "wheels": [asdict(w) for w in wheels]}))
     log(f"wheels: resolved {len(wheels)} wheels for Python {python_version} ({target}); recorded in {path}")
     return Resolution(python_version, target, tuple(PLATFORMS), tuple(pins), tuple(notes), tuple(wheels))
+
+
+def read_image_packages(path: Path) -> dict[str, str | None]:
+    """{canonical name: version} from an image's `pip list --format=freeze` (or `pip freeze`) output.
+
+    `name @ URL` lines give the version of the wheel file they name, else None; comments, options and editable
+    installs are skipped.
+    """
+    if not path.is_file():
+        raise PackagingError(f"image package list {path} is missing")
+    packages: dict[str, str | None] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        pinned = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*===?\s*(\S+)", line)
+        if pinned:
+            packages[canonical_name(pinned[1])] = pinned[2]
+            continue
+        direct = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*@\s*(\S+)", line)
+        if direct:
+            wheel = re.fullmatch(r"([^-/]+)-([^-/]+)-.*\.whl", unquote(direct[2].rsplit("/", 1)[-1]))
+            packages[canonical_name(direct[1])] = wheel[2] if wheel else None
+    if not packages:
+        raise PackagingError(f"{path} lists no package: expected the output of `pip list --format=freeze`")
+    return packages
+
+
+def target_environment(python_version: str) -> dict[str, str]:
+    """Marker variables of the target (Kaggle's Linux x86_64 CPython), no extras."""
+    return {"python_version": python_version, "python_full_version": f"{python_version}.0", "os_name": "posix",
+            "sys_platform": "linux", "platform_system": "Linux", "platform_machine": ARCH,
+            "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
+
+
+def image_satisfies(requirement: Requirement, image: dict[str, str | None]) -> bool:
+    """Whether the image has the required distribution at a version the requirement allows (unknown: no)."""
+    version = image.get(canonical_name(requirement.name))
+    return version is not None and kernel.version_in(version, str(requirement.specifier))
+
+
+def for_image(resolution: Resolution, pins: list[kernel.Pin],
+              image: dict[str, str | None]) -> tuple[Resolution, dict[str, str]]:
+    """The resolution cut to what the image needs: the pins it does not satisfy by kernel.py's rule, and the
+    dependencies of a shipped wheel the image lacks or has at a version the requirement excludes.
+
+    Returns it and {pin name: the image's version} of the pins left to the image.
+    """
+    choices = [kernel.choose(pin, kernel.find_installed(pin.name, image.get), shipped=True) for pin in pins]
+    by_name = {wheel.name: wheel for wheel in resolution.wheels}
+    environment = target_environment(resolution.python_version)
+    shipped: set[str] = set()
+    todo = [canonical_name(c.pin.name) for c in choices if c.action == "install"]
+    while todo:
+        name = todo.pop()
+        if name in shipped:
+            continue
+        shipped.add(name)
+        for line in by_name[name].requires:
+            try:
+                requirement = Requirement(line)
+            except InvalidRequirement as error:
+                raise PackagingError(f"{by_name[name].filename}: cannot read its requirement {line!r}: {error}")
+            if requirement.marker and not requirement.marker.evaluate(environment):
+                continue
+            dependency = canonical_name(requirement.name)
+            if dependency in by_name and not image_satisfies(requirement, image):  # (pip resolved it for the target)
+                todo.append(dependency)
+    wheels = tuple(wheel for wheel in resolution.wheels if wheel.name in shipped)
+    left = {c.pin.name: c.found[1] for c in choices if c.action == "keep" and c.pin.name not in shipped}
+    return replace(resolution, wheels=wheels), left
 
 
 def fetch(resolution: Resolution, cache_dir: Path, index_args: list[str], log=print) -> dict[str, str]:

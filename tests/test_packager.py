@@ -38,6 +38,7 @@ from packager.wheels import (
     available_versions,
     fetch,
     nearest_version,
+    read_pins,
     resolve,
     resolve_cached,
     target_requirements,
@@ -210,14 +211,16 @@ def test_layout_and_metadata(bundle, ensemble_path, repo_snapshot):
     assert sorted(p.name for p in (dataset / "ensemble").iterdir()) == sorted(
         ["ensemble.json", *(f.path for f in named)])
 
-    # the pins: the kernel's, with onnxruntime swapped for its CUDA build on the gpu target
-    pins = [line for line in (dataset / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
+    # the pins: the kernel's, with onnxruntime swapped for its CUDA build on the gpu target; every wheel ships
+    pins = [line.split("#")[0].strip() for line in (dataset / "requirements.txt").read_text().splitlines()
+            if not line.startswith("#")]
     kernel_pins = [line for line in (REPO_ROOT / "requirements-kernel.txt").read_text().splitlines()
                    if line.strip() and not line.startswith("#")]
     assert [p.split("==")[0] for p in pins] == [
         "onnxruntime-gpu" if p.startswith("onnxruntime==") else p.split("==")[0] for p in kernel_pins]
     assert "torch==2.14.1" in pins and any(p.startswith("onnxruntime-gpu==1.") for p in pins)
     assert "# onnxruntime==1.31.1 replaced by onnxruntime-gpu==" in (dataset / "requirements.txt").read_text()
+    assert read_manifest(bundle)["left_to_image"] == {}
 
 
 @pytest.mark.bundle
@@ -512,6 +515,41 @@ def test_verify_names_a_wheel_pip_cannot_find_offline(bundle, tmp_path):
         verify(VerifyOptions(dist=copy, check_only=True))
 
 
+# ---------------------------------------------------------------------------------------------- image-aware bundles
+
+IMAGE_TIMM = "1.0.29"  # older than the pin, and on this machine's index: the kernel must replace it
+
+
+@pytest.fixture(scope="module")
+def image_packages(tmp_path_factory) -> Path:
+    """A Kaggle-like image list: the pinned torch, torchvision, numpy and OpenCV, and another timm."""
+    pins = {pin.name: pin.version for pin in read_pins(REPO_ROOT / "requirements-kernel.txt")}
+    path = tmp_path_factory.mktemp("image") / "image-packages.txt"
+    path.write_text("".join(f"{name}=={pins[name]}\n" for name in ("torch", "torchvision", "numpy",
+                                                                    "opencv-python-headless"))
+                    + f"timm=={IMAGE_TIMM}\n")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.bundle
+def test_verify_on_an_image_with_another_timm(image_packages, repo_snapshot, ensemble_path, sample_videos, tmp_path):
+    """A bundle built for the image ships neither torch nor its CUDA libraries; in a venv seeded with the image's
+    versions, offline, the kernel replaces timm with the bundle's, and the predictions equal the local run."""
+    out = tmp_path / "dist"
+    assert build_cli(out, ensemble_path, repo_snapshot, "--image-packages", str(image_packages)) == 0
+    shipped = {wheel["name"] for wheel in read_manifest(out)["wheels"]}
+    assert "timm" in shipped and not shipped & {"torch", "torchvision", "numpy", "opencv-python-headless"}
+    assert not any(name.startswith(("nvidia", "triton")) for name in shipped)
+    videos = next(iter(sample_videos.values())).parent
+    summary = verify(VerifyOptions(dist=out, videos=videos, ensemble=ensemble_path, repo=repo_snapshot,
+                                   device="cpu", image=image_packages))
+    pins = {pin.name: pin.version for pin in read_pins(REPO_ROOT / "requirements-kernel.txt")}
+    assert summary["packages"]["timm"] == pins["timm"] != IMAGE_TIMM
+    assert summary["packages"]["torch"] == pins["torch"]
+    assert summary["max_difference"] <= 1e-6 and set(summary["rows"]) == set(sample_videos)
+
+
 def test_network_block_fallback_refuses_public_connects(tmp_path):
     """The sitecustomize fallback really blocks (and keeps loopback); unshare, where it runs, blocks too."""
     venv = tmp_path / "venv"
@@ -539,17 +577,17 @@ def test_network_block_fallback_refuses_public_connects(tmp_path):
 
 @pytest.fixture
 def kaggle_env(monkeypatch, tmp_path):
-    """No Kaggle credentials anywhere, and a fake `kaggle` first on PATH that records its arguments."""
-    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR"):
-        monkeypatch.delenv(name, raising=False)
+    """No Kaggle credentials anywhere, and a fake `kaggle` first on PATH that records its arguments (the runs of
+    the client are tested against a stand-in of the real one in tests/test_push.py)."""
+    for name in [name for name in os.environ if name.startswith("KAGGLE_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls.jsonl"
     bin_dir.mkdir()
     fake = bin_dir / "kaggle"
-    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                    f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-                    "sys.exit(int(os.environ.get('FAKE_KAGGLE_EXIT', '0')))\n")
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return calls
@@ -584,35 +622,6 @@ def test_push_cli_without_credentials(small_dist, kaggle_env):
     assert process.returncode == 1, process.stderr
     assert f"kaggle datasets create -p {small_dist / 'dataset'} -r zip" in process.stdout
     assert recorded(kaggle_env) == []
-
-
-@pytest.mark.bundle
-def test_push_with_credentials_runs_the_kaggle_cli(small_dist, kaggle_env, monkeypatch, tmp_path, capsys):
-    give_credentials(monkeypatch, tmp_path, OWNER)
-    assert push(small_dist, "v2") == 0
-    assert recorded(kaggle_env) == [
-        ["datasets", "version", "-p", str(small_dist / "dataset"), "-m", "v2", "-r", "zip"],
-        ["kernels", "push", "-p", str(small_dist / "kernel")],
-    ]
-    assert "save it once in the web UI" in capsys.readouterr().out
-    kaggle_env.unlink()
-    assert push(small_dist, "ignored", new=True) == 0
-    assert recorded(kaggle_env) == [["datasets", "create", "-p", str(small_dist / "dataset"), "-r", "zip"],
-                                    ["kernels", "push", "-p", str(small_dist / "kernel")]]
-    kaggle_env.unlink()
-    monkeypatch.delenv("KAGGLE_CONFIG_DIR")
-    monkeypatch.setenv("KAGGLE_USERNAME", OWNER)
-    monkeypatch.setenv("KAGGLE_KEY", "not-a-real-key")
-    assert push(small_dist, "v3") == 0 and len(recorded(kaggle_env)) == 2
-
-
-@pytest.mark.bundle
-def test_push_stops_when_the_dataset_upload_fails(small_dist, kaggle_env, monkeypatch, tmp_path):
-    give_credentials(monkeypatch, tmp_path, OWNER)
-    monkeypatch.setenv("FAKE_KAGGLE_EXIT", "1")
-    with pytest.raises(PackagingError, match=r"datasets version .* failed .*--new"):
-        push(small_dist, "v2")
-    assert [call[:2] for call in recorded(kaggle_env)] == [["datasets", "version"]]  # no kernel push
 
 
 @pytest.mark.bundle
