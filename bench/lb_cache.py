@@ -36,6 +36,7 @@ class PredictionCache:
                       "input": dataclasses.asdict(spec.input), "tta": list(spec.tta), "positive": spec.positive_class},
             "detector": dataclasses.asdict(ensemble.detector),
             "tracks": dataclasses.asdict(ensemble.tracks),
+            "decode": dataclasses.asdict(ensemble.decode),
             "frames_per_video": frames_per_video,
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

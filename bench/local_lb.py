@@ -2,7 +2,7 @@
 
     python bench/local_lb.py --set dfdc|timit|ff [--root DIR] [--limit N] [--frames-per-video N]
                              [--ensemble PATH] [--json PATH] [--device cpu|cuda|auto]
-                             [--engine local|ray] [--address ADDR] [--workers N]
+                             [--engine local|ray] [--address ADDR] [--workers N] [--option SECTION.KEY=VALUE]
     python bench/local_lb.py --history [--set S]
 
 Frame scores are cached per video content, model (arch, weights hash, input, TTA), detector and tracking
@@ -29,6 +29,7 @@ import blending
 from bench.datasets import LabelledVideo, default_root, load_set
 from bench.history import append_run, leaderboard, load_runs
 from bench.lb_cache import Evaluation, PredictionCache, video_scores
+from bench.manifests import with_options
 from bench.metrics import Scores, histogram_png, score, score_table
 from bench.ray_engine import EngineUnavailable  # ray itself is imported for --engine ray only
 from inference.pipeline import STAGES, Pipeline
@@ -60,7 +61,7 @@ def open_engine(args: argparse.Namespace) -> Iterator[Scorer]:
 
     `--engine ray` connects first, so a missing or unreachable Ray fails before anything else
     (`EngineUnavailable`, one line)."""
-    manifest = args.ensemble or default_manifest()
+    manifest = ensemble_path(args)
     cache = PredictionCache(args.cache)
     if args.engine == "local":
         def score_locally(videos: list[LabelledVideo], frames_per_video: int) -> tuple[Evaluation, Ensemble]:
@@ -75,6 +76,11 @@ def open_engine(args: argparse.Namespace) -> Iterator[Scorer]:
                            cpus_per_actor=args.cpus_per_actor, retries=args.retries) as engine:
         ensemble = load_ensemble(manifest)
         yield lambda videos, frames_per_video: (engine.evaluate(videos, frames_per_video, cache, ensemble), ensemble)
+
+
+def ensemble_path(args: argparse.Namespace) -> Path:
+    """The manifest the run scores: --ensemble (else the default), with each --option applied to a copy."""
+    return with_options(args.ensemble or default_manifest(), args.option, LB_DIR / "manifests")
 
 
 def engine_failure(program: str, error: Exception) -> int:
@@ -125,7 +131,7 @@ def stage_medians(evaluation: Evaluation) -> dict[str, float]:
 def run(args: argparse.Namespace) -> tuple[dict, dict[str, Scores]]:
     """The whole local-LB run; returns what --json writes and the score rows."""
     root = args.root or default_root(args.set)
-    manifest = args.ensemble or default_manifest()
+    manifest = ensemble_path(args)
     with open_engine(args) as score_videos:
         videos, options = labelled_videos(args)
         evaluation, ensemble = score_videos(videos, args.frames_per_video)
@@ -134,7 +140,8 @@ def run(args: argparse.Namespace) -> tuple[dict, dict[str, Scores]]:
     plot = histogram_png(np.array([v.label for v in videos]), predicted[BLEND],
                          args.plot or LB_DIR / f"{args.set}_hist.png", f"{args.set}: blend, n={len(videos)}")
     config = {"root": str(root), "ensemble": str(manifest), "frames_per_video": args.frames_per_video,
-              "models": [m.name for m in ensemble.models], **{k: str(v) for k, v in options.items()}}
+              "models": [m.name for m in ensemble.models], **{k: str(v) for k, v in options.items()},
+              **({"options": " ".join(args.option)} if args.option else {})}
     append_run(args.history_file, args.set, config, rows)
     report = {
         "set": args.set, "n": len(videos), "config": config, "computed": evaluation.computed,
@@ -158,6 +165,9 @@ def labelled_videos(args: argparse.Namespace) -> tuple[list[LabelledVideo], dict
 def add_set_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose a labelled set and how the kernel runs on it (shared by tune and blend fit)."""
     parser.add_argument("--set", choices=("dfdc", "timit", "ff"))
+    parser.add_argument("--option", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="change one manifest setting for this run, e.g. decode.deblocking=false or "
+                             "detector.every=1 (repeatable; the cache keys on the result)")
     parser.add_argument("--root", type=Path, help="the set's folder (dfdc: also a labels CSV)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N videos (sorted by path)")
     parser.add_argument("--frames-per-video", type=int, default=32)

@@ -1,6 +1,7 @@
 """Edited copies of an ensemble manifest for benchmarks and tests, pointing at the original weights."""
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -20,3 +21,29 @@ def manifest_copy(manifest: Path, folder: Path, edit: Callable[[dict], None]) ->
     copy = folder / "ensemble.json"
     copy.write_text(json.dumps(data))
     return copy
+
+
+def apply_options(data: dict, options: list[str]) -> None:
+    """Apply `section.key=value` settings to a manifest's JSON: `decode.deblocking=false`, `detector.every=1`;
+    `models.key=value` sets it on every model. A value is read as JSON, else taken as a string."""
+    for option in options:
+        path, separator, text = option.partition("=")
+        section, _, key = path.partition(".")
+        if not separator or not key or section not in data and section not in ("decode", "tracks", "blend"):
+            raise ValueError(f"--option {option!r}: expected SECTION.KEY=VALUE, SECTION one of {sorted(data)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        for entry in data["models"] if section == "models" else [data.setdefault(section, {})]:
+            entry[key] = value
+
+
+def with_options(manifest: Path, options: list[str], folder: Path) -> Path:
+    """The manifest itself without options, else an edited copy kept under `folder`, named by what it holds."""
+    if not options:
+        return manifest
+    identity = hashlib.sha256(json.dumps([str(Path(manifest).resolve()), options]).encode()).hexdigest()[:16]
+    target = folder / identity
+    target.mkdir(parents=True, exist_ok=True)
+    return manifest_copy(manifest, target, lambda data: apply_options(data, options))

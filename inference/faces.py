@@ -2,8 +2,12 @@
 
 The model zoo's detectors (`BlazeFaceDetector`, `MTCNNDetector`) run a network on images; a finder here applies
 one to video frames of any size and returns at most `max_faces_per_frame` boxes per frame, best first.
+`find_sparse` runs a finder's whole-frame pass on every k-th key frame only, and window passes near the faces
+between.
 """
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -11,10 +15,15 @@ import torch
 
 from inference.device import Accelerator
 from weights import DetectorSpec, Ensemble
-from weights.archs.blazeface import BlazeFaceDetector
+from weights.archs.blazeface import BlazeFaceDetector, weighted_nms
 from weights.archs.mtcnn import MTCNNDetector
 
 MAX_DETECTOR_SIDE = 4096  # a frame of absurd aspect ratio is scaled down further rather than fill memory
+# Sparse detection looks only near the interpolated boxes between two whole-frame passes whose faces each moved less
+# than this many face sizes: a face that moved further may have turned or left, so the frames between get whole-frame
+# passes too.
+STEADY_SHIFT = 0.5
+WINDOW_FACES = 3  # a window around a guessed face spans this many face sizes: the context its anchors see
 
 
 def scan_image(frame: np.ndarray, scale: float, size: int, alignment: int) -> tuple[np.ndarray, float]:
@@ -69,18 +78,67 @@ class BlazeFaceFinder:
         """Per frame, its best boxes with the frame seen at one scale (frames of one shape batched together)."""
         size = self.detector.input_size
         scanned = [scan_image(frame, scale, size, self.detector.alignment) for frame in frames]
-        found: list[np.ndarray] = [np.zeros((0, 5), np.float32) for _ in frames]
+        detections = self.detect_images([image for image, _ in scanned])
+        return [self.in_frame_pixels(found, size / factor) for found, (_, factor) in zip(detections, scanned)]
+
+    def find_near(self, frames: list[np.ndarray], guesses: list[np.ndarray]) -> list[np.ndarray]:
+        """Per frame, its best boxes found in windows of the scaled frame around the guessed boxes only, scales
+        coarse to fine as in `find`. A window is cut from the whole scaled frame on the network's grid, so the face's
+        anchors see the pixels a whole-frame pass sees: the boxes are the detector's, at a fraction of its cost."""
+        size = self.detector.input_size
+        boxes = [np.zeros((0, 5), np.float32) for _ in frames]
+        pending = [i for i, guessed in enumerate(guesses) if len(guessed)]
+        for scale in self.spec.scales:
+            windows, owners = [], []
+            for frame_index in pending:
+                image, factor = scan_image(frames[frame_index], scale, size, self.detector.alignment)
+                for guess in guesses[frame_index]:
+                    top, left, height, width = self.window(image.shape[:2], guess[:4] * factor)
+                    windows.append(image[top:top + height, left:left + width])
+                    owners.append((frame_index, top, left, factor))
+            found: dict[int, list[np.ndarray]] = {}
+            for (frame_index, top, left, factor), detections in zip(owners, self.detect_images(windows)):
+                if len(detections):
+                    detections = detections.copy()
+                    detections[:, [0, 2]] = (detections[:, [0, 2]] * size + top) / factor  # ymin, ymax
+                    detections[:, [1, 3]] = (detections[:, [1, 3]] * size + left) / factor  # xmin, xmax
+                    found.setdefault(frame_index, []).append(detections)
+            for frame_index, parts in found.items():  # windows of two close faces overlap: one box per face
+                boxes[frame_index] = self.in_frame_pixels(weighted_nms(np.concatenate(parts)), 1.0)
+            pending = [i for i in pending if not len(boxes[i])]
+            if not pending:
+                break
+        return boxes
+
+    def window(self, shape: tuple[int, int], box: np.ndarray) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of a window on the network's grid around a box (scaled-frame pixels):
+        WINDOW_FACES face sizes wide, at least 4 grid cells, inside the scaled frame."""
+        grid = self.detector.alignment
+        side = max(4 * grid, grid * math.ceil(WINDOW_FACES * max(box[2] - box[0], box[3] - box[1]) / grid))
+
+        def span(centre: float, length: int) -> tuple[int, int]:
+            extent = min(side, length)
+            return min(max(0, grid * math.floor((centre - extent / 2) / grid)), length - extent), extent
+
+        (top, height), (left, width) = span((box[1] + box[3]) / 2, shape[0]), span((box[0] + box[2]) / 2, shape[1])
+        return top, left, height, width
+
+    def detect_images(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """The detector's raw detections per image (units of its input size), images of one shape batched."""
+        size = self.detector.input_size
+        detections: list[np.ndarray] = [np.zeros((0, 17), np.float32) for _ in images]
         by_shape: dict[tuple, list[int]] = {}
-        for index, (image, _) in enumerate(scanned):
+        for index, image in enumerate(images):
             by_shape.setdefault(image.shape, []).append(index)
         for (height, width, _), members in by_shape.items():
-            per_batch = max(1, self.batch_size * size * size // (height * width))  # batch_size counts S x S images
+            # batch_size counts S x S images, and bounds the count of smaller ones: small batches stay in cache
+            per_batch = max(1, min(self.batch_size, self.batch_size * size * size // (height * width)))
             for start in range(0, len(members), per_batch):
                 chunk = members[start:start + per_batch]
-                batch = torch.from_numpy(np.stack([scanned[i][0] for i in chunk]))
-                for index, detections in zip(chunk, self.detector.detect(batch, forward=self.accelerator)):
-                    found[index] = self.in_frame_pixels(detections, size / scanned[index][1])
-        return found
+                batch = torch.from_numpy(np.stack([images[i] for i in chunk]))
+                for index, found in zip(chunk, self.detector.detect(batch, forward=self.accelerator)):
+                    detections[index] = found
+        return detections
 
     def in_frame_pixels(self, detections: np.ndarray, pixels_per_unit: float) -> np.ndarray:
         """[ymin, xmin, ymax, xmax, ..., score] in units of the input size -> the best [x0, y0, x1, y1, score]."""
@@ -107,6 +165,10 @@ class MTCNNFinder:
             found.extend(self.detector.detect(frames[start:start + self.frames_per_call], forward=self.accelerator))
         return [boxes[: self.spec.max_faces_per_frame] for boxes in found]
 
+    def find_near(self, frames: list[np.ndarray], guesses: list[np.ndarray]) -> list[np.ndarray]:
+        """The guessed boxes themselves: MTCNN's pyramid has no cheap local pass, so sparse detection interpolates."""
+        return guesses
+
 
 def make_face_finder(ensemble: Ensemble, accelerator: Accelerator, batch_size: int,
                      threads: int | None = None) -> BlazeFaceFinder | MTCNNFinder:
@@ -121,3 +183,64 @@ def make_face_finder(ensemble: Ensemble, accelerator: Accelerator, batch_size: i
     blazeface = BlazeFaceDetector(network, min_score=spec.min_score,
                                   network=ensemble.build_detector_onnx(accelerator.device.type, threads))
     return BlazeFaceFinder(blazeface, spec, accelerator, batch_size)
+
+
+def find_sparse(finder, frames: list[np.ndarray], indices: list[int], every: int) -> tuple[list[np.ndarray], list[int]]:
+    """Boxes per frame, running the whole-frame detector only on every `every`-th frame and the last. Between two
+    of those whose faces pair up steadily, each face is looked for only near its box interpolated by frame index
+    (`indices`; `finder.find_near`); elsewhere the frames between get whole-frame passes too, as does a frame
+    where a face was not found near its guess. Also returns the positions of the frames that got a whole-frame
+    pass."""
+    if every <= 1 or len(frames) <= 2:
+        return finder.find(frames), list(range(len(frames)))
+    anchors = sorted({*range(0, len(frames), every), len(frames) - 1})
+    boxes = dict(zip(anchors, finder.find([frames[i] for i in anchors])))
+    unsure, guessed = [], {}
+    for first, last in zip(anchors, anchors[1:]):
+        pairs = steady_pairs(boxes[first], boxes[last])
+        for position in range(first + 1, last):
+            if pairs is None:
+                unsure.append(position)
+            else:
+                weight = (indices[position] - indices[first]) / (indices[last] - indices[first])
+                guessed[position] = interpolate(pairs, weight)
+    boxes.update(zip(guessed, finder.find_near([frames[i] for i in guessed], list(guessed.values()))))
+    unsure += [i for i in guessed if len(boxes[i]) < len(guessed[i])]  # a face lost near its guess: look everywhere
+    boxes.update(zip(unsure, finder.find([frames[i] for i in unsure])))
+    return [boxes[i] for i in range(len(frames))], sorted(anchors + unsure)
+
+
+def steady_pairs(first: np.ndarray, last: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The faces of two frames paired nearest first, or None unless both have the same faces (at least one), each
+    within STEADY_SHIFT face sizes of its pair: a face lost, or a new one, means the frames between must be seen."""
+    if len(first) != len(last) or not len(first):
+        return None
+    candidates = sorted((face_shift(a, b), i, j) for i, a in enumerate(first) for j, b in enumerate(last))
+    pairs, taken_first, taken_last = [], set(), set()
+    for shift, i, j in candidates:
+        if i not in taken_first and j not in taken_last:
+            if shift > STEADY_SHIFT:
+                return None
+            pairs.append((first[i], last[j]))
+            taken_first.add(i)
+            taken_last.add(j)
+    return pairs
+
+
+def interpolate(pairs: list[tuple[np.ndarray, np.ndarray]], weight: float) -> np.ndarray:
+    """Boxes `weight` of the way from each pair's first box to its last, scored by the lower of the two, best first."""
+    boxes = np.array([np.append((1 - weight) * a[:4] + weight * b[:4], min(a[4], b[4])) for a, b in pairs],
+                     np.float32)
+    return boxes[np.argsort(-boxes[:, 4], kind="stable")]
+
+
+def face_shift(a: np.ndarray, b: np.ndarray) -> float:
+    """How far apart two face boxes are, in face sizes (sqrt of area); inf when one is over twice the other's side.
+
+    BlazeFace's box of one face shrinks by up to half on turned or half-hidden faces (seen on DFDC videos).
+    """
+    area_a, area_b = (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
+    if min(area_a, area_b) <= 0 or max(area_a, area_b) > 4 * min(area_a, area_b):
+        return math.inf
+    distance = math.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2)
+    return distance / ((math.sqrt(area_a) + math.sqrt(area_b)) / 2)

@@ -1,24 +1,12 @@
 """Link the faces found on the key frames into per-person tracks."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from inference.faces import face_shift
 from weights import TrackSpec
-
-
-def face_shift(a: np.ndarray, b: np.ndarray) -> float:
-    """How far apart two face boxes are, in face sizes (sqrt of area); inf when one is over twice the other's side.
-
-    BlazeFace's box of one face shrinks by up to half on turned or half-hidden faces (seen on DFDC videos).
-    """
-    area_a, area_b = (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
-    if min(area_a, area_b) <= 0 or max(area_a, area_b) > 4 * min(area_a, area_b):
-        return math.inf
-    distance = math.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2)
-    return distance / ((math.sqrt(area_a) + math.sqrt(area_b)) / 2)
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""Read the frames a run needs from a video: evenly spaced key frames, plus the runs of frames clip models see."""
+"""Read the frames a run needs from a video: evenly spaced key frames, plus the runs of frames clip models see.
+
+Where the container's H.264 says which frames are references, the key frames are the nearest reference frames to
+the evenly spaced ones, and the frames nothing depends on are never sent to the decoder (about half of them)."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +12,8 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+
+from weights import DecodeSpec
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 
@@ -29,6 +34,7 @@ class DecodedVideo:
     keys: list[int]
     windows: dict[ClipGeometry, list[list[int]]]
     reader: str
+    sampling: str = "exact"  # "reference" where the keys are the nearest reference frames (see DecodeSpec)
 
 
 def find_videos(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -48,11 +54,21 @@ def find_videos(folder: Path) -> tuple[list[Path], list[Path]]:
     return sorted(videos, key=lambda p: (p.name, str(p))), sorted(ignored)
 
 
-def sample_indices(total: int, count: int) -> list[int]:
-    """`count` evenly spaced frame indices in [0, total)."""
+def sample_indices(total: int, count: int, cheap: list[int] | None = None) -> list[int]:
+    """`count` evenly spaced frame indices in [0, total); given the `cheap` frames, each index moves to the nearest
+    cheap one not yet taken within half the spacing (the earlier on a tie), else to the nearest free frame."""
     if total <= 0:
         return []
-    return sorted(set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()))
+    targets = sorted(set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()))
+    if cheap is None:
+        return targets
+    reach = (total - 1) / max(1, len(targets) - 1) / 2
+    taken: set[int] = set()
+    for target in targets:
+        near = [index for index in cheap if index not in taken and abs(index - target) <= reach]
+        free = near or [index for index in range(total) if index not in taken]
+        taken.add(min(free, key=lambda index: (abs(index - target), index)))
+    return sorted(taken)
 
 
 def clip_windows(total: int, keys: list[int], geometry: ClipGeometry) -> list[list[int]]:
@@ -68,9 +84,10 @@ def clip_windows(total: int, keys: list[int], geometry: ClipGeometry) -> list[li
     return windows
 
 
-def plan_frames(total: int, count: int, geometries) -> tuple[list[int], dict, set[int]]:
-    """Key frames, clip windows per geometry, and every frame index that must be decoded."""
-    keys = sample_indices(total, count)
+def plan_frames(total: int, count: int, geometries, cheap: list[int] | None = None) -> tuple[list[int], dict, set[int]]:
+    """Key frames (among the `cheap` ones where given), clip windows per geometry, and every frame index that must
+    be decoded."""
+    keys = sample_indices(total, count, cheap)
     windows = {geometry: clip_windows(total, keys, geometry) for geometry in geometries}
     wanted = set(keys).union(*(index for runs in windows.values() for index in runs))
     return keys, windows, wanted
@@ -82,7 +99,7 @@ def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frame, k=quarter_turns)) if quarter_turns else frame
 
 
-def read_video(path: Path, count: int, geometries=()) -> DecodedVideo:
+def read_video(path: Path, count: int, geometries=(), decode: DecodeSpec = DecodeSpec()) -> DecodedVideo:
     """Decode the planned frames: PyAV with threaded decoding first, OpenCV grab/retrieve as the fallback.
 
     A folder is read as a video of its image files in name order (VidTIMIT keeps its videos that way).
@@ -92,7 +109,7 @@ def read_video(path: Path, count: int, geometries=()) -> DecodedVideo:
     if not stat.S_ISREG(path.stat().st_mode):  # a named pipe or a device would block the reader for ever
         raise ValueError("not a regular file")
     try:
-        return read_pyav(path, count, geometries)
+        return read_pyav(path, count, geometries, decode)
     except Exception as pyav_error:
         log.info("%s: PyAV failed (%s); trying OpenCV", path.name, pyav_error)
         try:
@@ -101,24 +118,106 @@ def read_video(path: Path, count: int, geometries=()) -> DecodedVideo:
             raise ValueError(f"cannot decode: PyAV: {pyav_error}; OpenCV: {opencv_error}") from None
 
 
-def read_pyav(path: Path, count: int, geometries) -> DecodedVideo:
-    """The planned frames with PyAV (threaded decoding, one pass, stopping after the last one needed)."""
+def read_pyav(path: Path, count: int, geometries, decode: DecodeSpec = DecodeSpec()) -> DecodedVideo:
+    """The planned frames with PyAV (threaded decoding, stopping after the last one needed); with reference
+    sampling, only the packets those frames depend on reach the decoder."""
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        total = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
-        if not stream.frames:
-            container.seek(0)
-        keys, windows, wanted = plan_frames(total, count, geometries)
-        last, frames = max(wanted, default=-1), {}
-        for index, frame in enumerate(container.decode(stream)):
+        if not decode.deblocking:
+            stream.codec_context.options = {"skip_loop_filter": "all"}
+        packets = [packet for packet in container.demux(stream) if packet.size]
+        shown = display_indices(packets)
+        references = None
+        if decode.sampling == "reference" and shown is not None and stream.codec_context.name == "h264":
+            references = h264_references(packets, stream.codec_context.extradata)
+        if references is None:  # the reader cannot tell which frames others depend on: decode them all
+            keys, windows, wanted = plan_frames(stream.frames or len(packets), count, geometries)
+            frames = decode_all(stream.codec_context, packets, wanted)
+            return _decoded(frames, keys, windows, "pyav", "exact")
+        cheap = sorted(index for index, reference in zip(shown, references) if reference)
+        keys, windows, wanted = plan_frames(len(packets), count, geometries, cheap)
+        frames = decode_needed(stream.codec_context, packets, shown, references, wanted)
+    return _decoded(frames, keys, windows, "pyav", "reference")
+
+
+def display_indices(packets: list) -> list[int] | None:
+    """Each packet's frame index in display order (packets come in decode order); None without distinct pts."""
+    stamps = [packet.pts for packet in packets]
+    if None in stamps or len(set(stamps)) != len(stamps):
+        return None
+    rank = {stamp: index for index, stamp in enumerate(sorted(stamps))}
+    return [rank[stamp] for stamp in stamps]
+
+
+def h264_references(packets: list, extradata: bytes | None) -> list[bool] | None:
+    """Whether each H.264 packet's picture is a reference (nal_ref_idc > 0 in its slices); None where a packet
+    holds no slice, so the stream is not what this reader understands."""
+    length_size = (extradata[4] & 3) + 1 if extradata and extradata[0] == 1 else None  # avcC, else Annex B
+    references = []
+    for packet in packets:
+        reference = slice_reference(memoryview(packet), length_size)
+        if reference is None:
+            return None
+        references.append(reference)
+    return references
+
+
+def slice_reference(data: memoryview, length_size: int | None) -> bool | None:
+    """nal_ref_idc > 0 of the first slice in one packet (length-prefixed NAL units, or Annex B start codes)."""
+    for header in nal_headers(data, length_size):
+        if header & 0x1F in (1, 5):  # a coded slice: non-IDR or IDR
+            return header >> 5 & 3 > 0
+    return None
+
+
+def nal_headers(data: memoryview, length_size: int | None):
+    """The first byte of each NAL unit in a packet."""
+    if length_size is not None:
+        position = 0
+        while position + length_size < len(data):
+            yield data[position + length_size]
+            position += length_size + int.from_bytes(data[position:position + length_size], "big")
+        return
+    raw = bytes(data)
+    start = raw.find(b"\x00\x00\x01")
+    while start != -1 and start + 3 < len(raw):
+        yield raw[start + 3]
+        start = raw.find(b"\x00\x00\x01", start + 3)
+
+
+def decode_all(codec, packets: list, wanted: set[int]) -> dict[int, np.ndarray]:
+    """Decode in order, counting frames as they come out, until the last wanted one."""
+    last, frames, index = max(wanted, default=-1), {}, 0
+    for packet in [*packets, None]:  # None drains the decoder
+        for frame in codec.decode(packet):
             if index in wanted:
                 frames[index] = upright(frame.to_ndarray(format="rgb24"), frame.rotation)
             if index >= last:
-                break
-    return _decoded(frames, keys, windows, "pyav")
+                return frames
+            index += 1
+    return frames
+
+
+def decode_needed(codec, packets: list, shown: list[int], references: list[bool], wanted: set[int]) -> dict:
+    """Decode only the packets the wanted frames need (see `needed_packets`); frames are known by their pts."""
+    index_of = {packet.pts: index for packet, index in zip(packets, shown)}
+    frames = {}
+    for packet in [*(packets[position] for position in needed_packets(shown, references, wanted)), None]:
+        for frame in codec.decode(packet):
+            index = index_of.get(frame.pts)
+            if index in wanted:
+                frames[index] = upright(frame.to_ndarray(format="rgb24"), frame.rotation)
+    return frames
+
+
+def needed_packets(shown: list[int], references: list[bool], wanted: set[int]) -> list[int]:
+    """Positions (decode order) of the packets up to the last wanted frame that are references or wanted: no frame
+    depends on the others, so they never reach the decoder."""
+    last = max((position for position, index in enumerate(shown) if index in wanted), default=-1)
+    return [position for position in range(last + 1) if references[position] or shown[position] in wanted]
 
 
 def read_frame_folder(folder: Path, count: int, geometries) -> DecodedVideo:
@@ -156,9 +255,9 @@ def read_opencv(path: Path, count: int, geometries) -> DecodedVideo:
     return _decoded(frames, keys, windows, "opencv")
 
 
-def _decoded(frames: dict[int, np.ndarray], keys, windows, reader: str) -> DecodedVideo:
+def _decoded(frames: dict[int, np.ndarray], keys, windows, reader: str, sampling: str = "exact") -> DecodedVideo:
     """Keep what was really decoded: containers sometimes promise more frames than they hold."""
     if not frames:
         raise ValueError("no frame decoded")
     complete = {geometry: [run for run in runs if all(i in frames for i in run)] for geometry, runs in windows.items()}
-    return DecodedVideo(frames, [k for k in keys if k in frames], complete, reader)
+    return DecodedVideo(frames, [k for k in keys if k in frames], complete, reader, sampling)

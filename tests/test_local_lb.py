@@ -43,6 +43,29 @@ def test_dfdc_sample_scores_like_the_kernel_and_reruns_from_cache(shared, ensemb
 
 
 @pytest.mark.slow
+def test_an_option_scores_an_edited_manifest_cached_apart(shared, ensemble_path, lb_dirs):
+    options = ["--option", "decode.sampling=exact", "--option", "detector.every=1"]
+    edited = lb("dfdc", ensemble_path, lb_dirs, *options)
+    assert edited["computed"] == 4 * 4 and edited["config"]["options"] == "decode.sampling=exact detector.every=1"
+    manifest = json.loads(Path(edited["config"]["ensemble"]).read_text())
+    assert manifest["decode"]["sampling"] == "exact" and manifest["detector"]["every"] == 1
+    assert lb("dfdc", ensemble_path, lb_dirs, *options)["computed"] == 0
+
+
+def test_options_edit_sections_and_every_model():
+    from bench.manifests import apply_options
+
+    data = {"detector": {"every": 4}, "models": [{"name": "a"}, {"name": "b"}], "blend": {}}
+    apply_options(data, ["detector.every=1", "decode.deblocking=false", "models.aggregation=median",
+                         "decode.sampling=exact"])
+    assert data["detector"]["every"] == 1 and data["decode"] == {"deblocking": False, "sampling": "exact"}
+    assert [m["aggregation"] for m in data["models"]] == ["median", "median"]
+    for bad in ("every=1", "detector.every", "nowhere.every=1"):
+        with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+            apply_options(data, [bad])
+
+
+@pytest.mark.slow
 def test_ff_sample_has_a_row_per_method(ensemble_path, lb_dirs):
     report = lb("ff", ensemble_path, lb_dirs)
     assert report["n"] == 7

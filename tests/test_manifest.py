@@ -72,6 +72,9 @@ def test_missing_checkpoint_is_an_error(manifest_copy, device_type):
     (lambda d: d["models"][0].pop("checkpoint"), "malformed"),
     (lambda d: d["models"][1].update(name=d["models"][0]["name"]), "unique"),
     (lambda d: [m.update(weight=0.0) for m in d["models"]], "sum to zero"),
+    (lambda d: d.update(decode={"sampling": "keyframes"}), "decode.sampling must be one of"),
+    (lambda d: d["detector"].update(every=0), "detector.every must be a whole number >= 1"),
+    (lambda d: d["detector"].update(every=2.5), "detector.every must be a whole number >= 1"),
 ])
 def test_malformed_manifest_is_an_error(manifest_copy, damage, message):
     path, data = manifest_copy
@@ -79,6 +82,22 @@ def test_malformed_manifest_is_an_error(manifest_copy, damage, message):
     path.write_text(json.dumps(data))
     with pytest.raises(WeightsError, match=message):
         load_ensemble(path)
+
+
+def test_decoding_and_sparse_detection_are_manifest_settings(manifest_copy):
+    path, data = manifest_copy
+    built = load_ensemble(path)
+    assert (built.decode.sampling, built.decode.deblocking, built.detector.every) == ("reference", True, 4)
+    data.pop("decode")  # a manifest written before these settings gets the defaults
+    data["detector"].pop("every")
+    path.write_text(json.dumps(data))
+    assert load_ensemble(path).decode == built.decode and load_ensemble(path).detector.every == 4
+    data["decode"], data["detector"]["every"] = {"sampling": "exact", "deblocking": False}, 1
+    path.write_text(json.dumps(data))
+    ensemble = load_ensemble(path)
+    assert (ensemble.decode.sampling, ensemble.decode.deblocking, ensemble.detector.every) == ("exact", False, 1)
+    ensemble.save(path)
+    assert json.loads(path.read_text())["decode"] == {"sampling": "exact", "deblocking": False}
 
 
 def test_unknown_arch_is_named(manifest_copy):

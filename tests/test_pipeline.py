@@ -94,13 +94,15 @@ def test_readers_detect_and_crop_while_the_main_thread_predicts(small_videos, en
     assert threads["predict"] == {threading.main_thread().name}
 
 
-def test_onnxruntime_threads_share_the_cores_among_readers_and_main_thread(ensemble_path, monkeypatch):
+def test_readers_share_the_cores_and_the_classifiers_take_them_all(ensemble_path, monkeypatch):
     assert usable_cpus() == len(os.sched_getaffinity(0))
     monkeypatch.setattr(inference.pipeline, "usable_cpus", lambda: 8)
     for readers, threads in ((3, 2), (1, 4), (0, 8), (8, 1)):
         runner = Pipeline(ensemble_path, 8, "cpu", readers=readers)
-        assert {c.module.threads for c in runner.classifiers} == {threads}
+        assert {c.module.threads for c in runner.classifiers} == {8}
         assert runner.finder.detector.network.threads == threads
+    runner = Pipeline(ensemble_path, 8, "cpu", readers=2, threads=3)
+    assert {c.module.threads for c in runner.classifiers} == {3} == {runner.finder.detector.network.threads}
     with pytest.raises(ValueError, match="at least one reader"):
         next(Pipeline(ensemble_path, 8, "cpu", readers=0).run(iter([])))
 
@@ -183,3 +185,24 @@ def test_hflip_tta_averages_the_two_views():
     accelerator = Accelerator("cpu")
     assert plain.predict(crops, accelerator, 4)[0] == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())
     assert flipped.predict(crops, accelerator, 4)[0] == pytest.approx(0.5)
+
+
+def test_the_report_says_which_frames_were_read_and_which_detected(sample_videos, ensemble_path, tmp_path):
+    """Default decoding samples the nearest reference frames and detects sparsely where the face is steady; a
+    manifest can ask for the evenly spaced frames, each detected, as before."""
+    from bench.manifests import with_options
+    from bench.samples import SampleSpec, render_frames, write_video
+    from inference.video import sample_indices
+
+    steady = write_video(tmp_path / "steady.mp4", render_frames(SampleSpec("steady.mp4", 512, 512, 1), 60), 512, 512)
+    runner = Pipeline(ensemble_path, 16, "cpu", readers=0)
+    sparse = runner.process(steady)
+    assert sparse.sampling == "reference" and len(sparse.frame_indices) == sparse.frames_read == 16
+    assert sparse.frames_detected == 5 and sparse.faces_per_frame == [1] * 16  # 0, 4, 8, 12, 15: the rest carried
+    fast = runner.process(sample_videos["face_1080p.mp4"])  # the face crosses the frame in 2 s: every frame seen
+    assert fast.frames_detected == 16 and fast.faces_per_frame == [1] * 16
+    exact_manifest = with_options(ensemble_path, ["decode.sampling=exact", "detector.every=1"], tmp_path)
+    exact = Pipeline(exact_manifest, 16, "cpu", readers=0).process(steady)
+    assert exact.sampling == "exact" and exact.frame_indices == sample_indices(60, 16)
+    assert exact.frames_detected == 16 and exact.faces_per_frame == [1] * 16
+    assert abs(exact.label - sparse.label) < 0.05

@@ -19,7 +19,10 @@ def test_speed_report_has_every_line(ensemble_path, tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     clips = sorted(tmp_path.glob("dfdc_like_*.mp4"))
     assert len(clips) == 2 and report["videos"] == 2
-    assert set(report["decode_floor"]["setups"]) == {"pyav, one video at a time", "pyav, 2 reader threads"}
+    for floor in ("decode_floor", "reader_floor"):  # full decoding, and the manifest's own
+        assert set(report[floor]["setups"]) == {"pyav, one video at a time", "pyav, 2 reader threads"}
+    assert report["decode"] == {"sampling": "reference", "deblocking": True} and report["detect_every"] == 4
+    assert report["kernel_over_reader_floor"] > report["kernel_over_floor"] > 0
     for key in ("sequential_baseline", "sequential_kernel", "kernel"):
         row = report[key]
         assert row["seconds_per_video"] > 0 and row["cpu_seconds_per_video"] > 0
@@ -40,6 +43,18 @@ def test_generated_clips_are_dfdc_like(tmp_path):
     megabits_per_second = clip.stat().st_size * 8 / 1e6 / 3
     assert 1.5 < megabits_per_second < 6  # about DFDC's 3 Mbit/s, film grain and all
     assert speed.dfdc_like_clips(tmp_path, 1, seconds=3.0) == [clip]  # made once, then reused
+
+
+@pytest.mark.slow
+def test_options_reach_the_kernel_and_the_baseline_stays_the_public_kernels(ensemble_path, tmp_path):
+    report = speed.main(["--count", "1", "--seconds", "1", "--frames-per-video", "4", "--clips", str(tmp_path),
+                         "--ensemble", str(ensemble_path), "--option", "decode.deblocking=false",
+                         "--option", "detector.every=1"])
+    assert report["decode"]["deblocking"] is False and report["detect_every"] == 1
+    assert report["kernel"]["fallbacks"] == 0
+    baseline = json.loads(speed.as_public_kernels(ensemble_path, tmp_path).read_text())
+    assert baseline["decode"] == {"sampling": "exact", "deblocking": True} and baseline["detector"]["every"] == 1
+    assert {entry["runtime"] for entry in [baseline["detector"], *baseline["models"]]} == {"torch"}
 
 
 @pytest.mark.slow

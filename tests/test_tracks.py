@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from inference.tracks import Track, face_shift, link_tracks
+from inference.faces import face_shift
+from inference.tracks import Track, link_tracks
 from weights import TrackSpec
 
 

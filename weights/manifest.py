@@ -26,6 +26,7 @@ FILE_FIELDS = (("checkpoint", "sha256"), ("onnx", "onnx_sha256"))  # (file key, 
 AGGREGATIONS = ("mean", "median", "confident", "confidence_weighted", "sharpen")
 VIDEO_SCORES = ("max", "mean", "pool")
 RUNTIMES = ("auto", "torch", "onnx")
+SAMPLINGS = ("reference", "exact")
 
 
 def default_manifest() -> Path:
@@ -115,6 +116,25 @@ class TrackSpec:
 
 
 @dataclass(frozen=True)
+class DecodeSpec:
+    """Which frames the reader decodes, and how.
+
+    `sampling` "reference": each evenly spaced frame is replaced by the nearest reference frame (where the
+    container's H.264 says which those are), so the frames no other frame depends on are never decoded, except
+    inside clip windows; "exact": the evenly spaced frames themselves, every frame before them decoded.
+    `deblocking` False skips H.264's in-loop deblocking filter: a quarter less decoding CPU, but the pixels
+    differ from the encoder's (see docs/benchmarks.md for what it costs in log loss).
+    """
+
+    sampling: str = "reference"
+    deblocking: bool = True
+
+    def __post_init__(self):
+        if self.sampling not in SAMPLINGS:
+            raise WeightsError(f"decode.sampling must be one of {SAMPLINGS}, not {self.sampling!r}")
+
+
+@dataclass(frozen=True)
 class DetectorSpec:
     """The face detector and how it is applied to frames."""
 
@@ -127,6 +147,7 @@ class DetectorSpec:
     thresholds: tuple[float, float, float] | None = None  # MTCNN's three stages; None: (0.6, 0.7, min_score)
     margin: float = 0.2  # crop margin of models without their own: this fraction of the box in all, half each side
     max_faces_per_frame: int = 4
+    every: int = 4  # detect on every k-th sampled frame (and between two whose faces differ); interpolate the rest
     runtime: str = "auto"  # see uses_onnx (BlazeFace only)
     onnx: str | None = None
     onnx_sha256: str | None = None
@@ -134,6 +155,8 @@ class DetectorSpec:
     def __post_init__(self):
         if self.runtime not in RUNTIMES or (self.runtime == "onnx" and not (self.onnx and self.onnx_sha256)):
             raise WeightsError(f"detector runtime must be one of {RUNTIMES} (onnx needs onnx and onnx_sha256)")
+        if not isinstance(self.every, int) or self.every < 1:
+            raise WeightsError(f"detector.every must be a whole number >= 1, not {self.every!r}")
 
     def uses_onnx(self, device_type: str) -> bool:
         return uses_onnx(self.runtime, self.onnx, device_type)
@@ -163,6 +186,7 @@ class Ensemble:
     models: tuple[ModelSpec, ...]
     blend: BlendSpec = field(default_factory=BlendSpec)
     tracks: TrackSpec = field(default_factory=TrackSpec)
+    decode: DecodeSpec = field(default_factory=DecodeSpec)
 
     def __post_init__(self):
         if not self.models:
@@ -212,6 +236,7 @@ class Ensemble:
             "models": [asdict(m) for m in self.models],
             "blend": asdict(self.blend),
             "tracks": asdict(self.tracks),
+            "decode": asdict(self.decode),
         }
 
     def save(self, path: Path) -> None:
@@ -239,9 +264,10 @@ def load_ensemble(path: Path) -> Ensemble:
         models = tuple(_model_spec(entry) for entry in data["models"])
         blend = _parse(BlendSpec, data.get("blend", {}))
         tracks = _parse(TrackSpec, data.get("tracks", {}))
+        decode = _parse(DecodeSpec, data.get("decode", {}))
     except (KeyError, TypeError) as error:
         raise WeightsError(f"{path}: malformed manifest entry: {error}") from None
-    return Ensemble(root=path.parent, detector=detector, models=models, blend=blend, tracks=tracks)
+    return Ensemble(root=path.parent, detector=detector, models=models, blend=blend, tracks=tracks, decode=decode)
 
 
 def _model_spec(entry: dict) -> ModelSpec:
