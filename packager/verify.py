@@ -49,7 +49,7 @@ from packager import (
     PackagingError,
 )
 from packager.manifest import check_files, sha256_file
-from packager.wheels import _unsatisfied, canonical_name, read_image_packages, requirement_name
+from packager.wheels import _unsatisfied, canonical_name, read_image_packages, read_pins, requirement_name
 from weights.manifest import BUNDLED_ENSEMBLE, default_manifest
 
 PROBE_ADDRESSES = (("1.1.1.1", 443), ("8.8.8.8", 53), ("151.101.0.223", 443))  # Cloudflare, Google, PyPI
@@ -243,22 +243,16 @@ def check_metadata(dist: Path, manifest: dict) -> None:
     wheels = sorted(p.name for p in (dist / DATASET_DIR / WHEELS_DIR).glob("*"))
     problems += [f"{DATASET_DIR}/{WHEELS_DIR}/{name}: not a wheel" for name in wheels if not name.endswith(".whl")]
     expected = {canonical_name(w["name"]): w["file"] for w in manifest.get("wheels", [])}
-    for requirement in read_requirements(dist / DATASET_DIR / "requirements.txt"):
-        name = requirement_name(requirement)
+    for pin in read_pins(dist / DATASET_DIR / "requirements.txt"):
+        name = canonical_name(pin.name)
         if name in manifest.get("left_to_image", {}):
             continue
         if name not in expected:
-            problems.append(f"requirements.txt pins {requirement}, but the bundle manifest lists no wheel for it")
+            problems.append(f"requirements.txt pins {pin.requirement}, but the bundle manifest lists no wheel for it")
         elif expected[name] not in wheels:
-            problems.append(f"missing wheel {DATASET_DIR}/{WHEELS_DIR}/{expected[name]} for {requirement}")
+            problems.append(f"missing wheel {DATASET_DIR}/{WHEELS_DIR}/{expected[name]} for {pin.requirement}")
     if problems:
         raise PackagingError(f"bundle {dist}:\n  " + "\n  ".join(problems))
-
-
-def read_requirements(path: Path) -> list[str]:
-    if not path.is_file():
-        raise PackagingError(f"{path} is missing")
-    return [r for r in (line.split("#", 1)[0].strip() for line in path.read_text().splitlines()) if r]
 
 
 def check_offline_resolution(sandbox: Sandbox, dist: Path, manifest: dict,
