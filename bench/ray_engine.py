@@ -174,7 +174,7 @@ class VideoScorer:
         from inference.pipeline import Pipeline
 
         torch.set_num_threads(cpus)
-        self.pipeline = Pipeline(Path(manifest), 32, device, readers=0, threads=cpus)
+        self.pipeline = Pipeline(Path(manifest), 32, device, readers=0, cores=cpus)
         self.caches: dict[str, PredictionCache] = {}
         self.node = node_label()
         self.video: str | None = None

@@ -1,14 +1,18 @@
 """Turn crops into P(FAKE) with each model of the ensemble: normalise, lay out, run (batched), read the logit."""
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
 import numpy as np
 import torch
 
 from inference.crops import TrackCrops, crop_key, stack_key
 from inference.device import Accelerator
 from weights import ModelSpec
+from weights.onnx_runtime import OnnxModule
 
 MEMORY_FORMATS = {"frame": torch.channels_last, "clip": torch.channels_last_3d, "sequence": torch.contiguous_format}
+CHANNEL_SHAPES = {"frame": (1, 3, 1, 1), "clip": (1, 3, 1, 1, 1), "sequence": (1, 1, 3, 1, 1)}  # see layout()
 
 
 class Classifier:
@@ -17,9 +21,16 @@ class Classifier:
     def __init__(self, spec: ModelSpec, module: torch.nn.Module):
         self.spec = spec
         self.module = module
-        self.mean = torch.tensor(spec.input.mean, dtype=torch.float32)
-        self.std = torch.tensor(spec.input.std, dtype=torch.float32)
+        std = torch.tensor(spec.input.std, dtype=torch.float32)
+        channels = CHANNEL_SHAPES[spec.kind]
+        # (pixels / 255 - mean) / std as one multiply and one add over the batch
+        self.scale = (1 / (255 * std)).view(channels)
+        self.shift = (-torch.tensor(spec.input.mean, dtype=torch.float32) / std).view(channels)
         self.memory_format = MEMORY_FORMATS[spec.kind]
+
+    def side_by_side(self, accelerator: Accelerator) -> bool:
+        """Whether its batches may run at once: onnxruntime on the CPU, whose sessions run one thread per call."""
+        return isinstance(self.module, OnnxModule) and accelerator.device.type == "cpu"
 
     def inputs(self, crops: TrackCrops) -> np.ndarray | None:
         """This model's input stack among a track's crops, or None where the track has none."""
@@ -27,19 +38,33 @@ class Classifier:
             return crops.faces.get(crop_key(self.spec.input))
         return crops.clips.get(stack_key(self.spec))
 
-    def predict(self, crops: np.ndarray, accelerator: Accelerator, batch_size: int) -> np.ndarray:
-        """P(FAKE) for (N, S, S, 3) face crops or (N, T, S, S, 3) clips, averaged over the TTA views."""
+    def predict(self, crops: np.ndarray, accelerator: Accelerator, batch_size: int,
+                pool: Executor | None = None) -> np.ndarray:
+        """P(FAKE) for (N, S, S, 3) face crops or (N, T, S, S, 3) clips, averaged over the TTA views; `pool` runs the
+        batches side by side."""
         views = [crops] + [np.flip(crops, axis=-2) for name in self.spec.tta if name == "hflip"]
-        return np.mean([self.predict_view(np.ascontiguousarray(v), accelerator, batch_size) for v in views], axis=0)
+        return np.mean([self.predict_view(np.ascontiguousarray(v), accelerator, batch_size, pool) for v in views],
+                       axis=0)
 
-    def predict_view(self, crops: np.ndarray, accelerator: Accelerator, batch_size: int) -> np.ndarray:
+    def predict_view(self, crops: np.ndarray, accelerator: Accelerator, batch_size: int,
+                     pool: Executor | None = None) -> np.ndarray:
         """P(FAKE) of one view, `batch_size` inputs per call."""
-        scores = []
-        for start in range(0, len(crops), batch_size):
-            pixels = torch.from_numpy(crops[start:start + batch_size]).float().div_(255)
-            batch = self.layout((pixels - self.mean) / self.std)
-            scores.append(torch.sigmoid(self.logit(accelerator(self.module, batch, self.memory_format))).numpy())
+        run = lambda start: self.predict_batch(crops[start:start + batch_size], accelerator)  # noqa: E731
+        starts = range(0, len(crops), batch_size)
+        scores = list(pool.map(run, starts) if pool else map(run, starts))
         return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+    def predict_batch(self, crops: np.ndarray, accelerator: Accelerator) -> np.ndarray:
+        """P(FAKE) of one batch."""
+        # onnxruntime takes contiguous arrays; PyTorch modules were placed in their memory format
+        memory_format = torch.contiguous_format if isinstance(self.module, OnnxModule) else self.memory_format
+        batch = self.normalise(crops, memory_format)
+        return torch.sigmoid(self.logit(accelerator(self.module, batch, self.memory_format))).numpy()
+
+    def normalise(self, crops: np.ndarray, memory_format=torch.contiguous_format) -> torch.Tensor:
+        """uint8 crops (or clips), channels last -> float32 (pixels / 255 - mean) / std in the model's layout."""
+        batch = self.layout(torch.from_numpy(crops)).to(torch.float32, memory_format=memory_format)
+        return batch.mul_(self.scale).add_(self.shift)
 
     def layout(self, batch: torch.Tensor) -> torch.Tensor:
         """Channels-last pixels -> the model's layout (as strided views: no copy)."""
@@ -61,15 +86,17 @@ class Classifier:
 
 
 def score_tracks(inputs: list[TrackCrops], classifiers: list[Classifier], accelerator: Accelerator,
-                 batch_size: int) -> dict[str, list[np.ndarray]]:
-    """Per model, per track, the P(FAKE) of each of its frames (or clips); empty where the track has no input."""
+                 batch_size: int, pool: Executor | None = None) -> dict[str, list[np.ndarray]]:
+    """Per model, per track, the P(FAKE) of each of its frames (or clips); empty where the track has no input.
+    `pool` runs the batches side by side where the model allows it (see Classifier.side_by_side)."""
     scores: dict[str, list[np.ndarray]] = {}
     for classifier in classifiers:
         stacks = [classifier.inputs(t) for t in inputs]
         present = [i for i, stack in enumerate(stacks) if stack is not None]
         per_track = [np.zeros(0, np.float32) for _ in stacks]
         if present:  # one batched run over all tracks of the video, split back per track
-            flat = classifier.predict(np.concatenate([stacks[i] for i in present]), accelerator, batch_size)
+            flat = classifier.predict(np.concatenate([stacks[i] for i in present]), accelerator, batch_size,
+                                      pool if classifier.side_by_side(accelerator) else None)
             for i, part in zip(present, np.split(flat, np.cumsum([len(stacks[i]) for i in present])[:-1])):
                 per_track[i] = part
         scores[classifier.spec.name] = per_track

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "else the bundle's ensemble/ensemble.json)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per detector or model batch (default 8 on the CPU, 64 on a GPU: "
+                        help="images per detector or model batch (default 4 on the CPU, 64 on a GPU: "
                              "larger CPU batches fall out of cache and run slower)")
     parser.add_argument("--readers", type=int, default=2, help="threads decoding videos ahead of inference")
     parser.add_argument("--time-budget", type=float,

@@ -110,10 +110,10 @@ def test_slow_model_run_degrades_and_finishes_inside_the_budget(small_videos, en
         (videos / f"v{i:02d}.mp4").symlink_to(small_videos / f"clip_{i % 9:02d}.mp4")
     clock, real_predict = ShiftedClock(), Classifier.predict
 
-    def slow_predict(self, crops, accelerator, batch_size):
+    def slow_predict(self, crops, accelerator, batch_size, pool=None):
         if self.spec.name == "mesoinception4_df":
             clock.shift += 1.5 * len(crops)
-        return real_predict(self, crops, accelerator, batch_size)
+        return real_predict(self, crops, accelerator, batch_size, pool)
 
     monkeypatch.setattr(Classifier, "predict", slow_predict)
     budget = 200.0  # 20 videos at 24 s each: 480 s; at 8 frames (12 s each) still over
@@ -138,9 +138,9 @@ def test_budget_skips_what_cannot_finish(small_videos, ensemble_path, tmp_path, 
     """With no optional model to drop, the videos past the point of no return get the fallback, and why."""
     clock, real_predict = ShiftedClock(), Classifier.predict
 
-    def slow_predict(self, crops, accelerator, batch_size):
+    def slow_predict(self, crops, accelerator, batch_size, pool=None):
         clock.shift += 1.0 * len(crops)
-        return real_predict(self, crops, accelerator, batch_size)
+        return real_predict(self, crops, accelerator, batch_size, pool)
 
     monkeypatch.setattr(Classifier, "predict", slow_predict)
     started = clock()

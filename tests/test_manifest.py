@@ -1,6 +1,7 @@
 """The ensemble manifest: the default one loads strictly; every kind of damage is a clear WeightsError."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from weights import WeightsError, load_ensemble
+from weights.tools import export_onnx
 from weights.tools.sources import MESONET_FILES
 
 
@@ -75,6 +77,8 @@ def test_missing_checkpoint_is_an_error(manifest_copy, device_type):
     (lambda d: d.update(decode={"sampling": "keyframes"}), "decode.sampling must be one of"),
     (lambda d: d["detector"].update(every=0), "detector.every must be a whole number >= 1"),
     (lambda d: d["detector"].update(every=2.5), "detector.every must be a whole number >= 1"),
+    (lambda d: d["models"][0].update(onnx_layout="nhwc"), "onnx_layout must be one of"),
+    (lambda d: d["detector"].update(onnx_layout="blocked"), "detector onnx_layout must be one of"),
 ])
 def test_malformed_manifest_is_an_error(manifest_copy, damage, message):
     path, data = manifest_copy
@@ -107,3 +111,34 @@ def test_unknown_arch_is_named(manifest_copy):
     ensemble = load_ensemble(path)
     with pytest.raises(KeyError, match="no_such_net"):
         ensemble.build_model(ensemble.models[0], "cuda")  # the PyTorch model a GPU builds
+
+
+def test_onnx_layout_reaches_the_session_and_changes_only_the_speed(ensemble_path, tmp_path, monkeypatch):
+    """"nchw" keeps the exported convolutions (no blocked-layout nodes in the graph onnxruntime runs), "nchwc"
+    blocks them; the two agree on the scores."""
+    import onnx
+    import onnxruntime
+
+    ensemble = load_ensemble(ensemble_path)
+    spec = next(m for m in ensemble.models if m.arch == "mesoinception4")
+    real_session, graphs = onnxruntime.InferenceSession, {}
+
+    def saving_session(path, options, **kwargs):  # keep the graph each session runs after its optimisations
+        layout = "nchw" if "NchwcTransformer" in kwargs.get("disabled_optimizers", []) else "nchwc"
+        options.optimized_model_filepath = graphs[layout] = str(tmp_path / f"{layout}.onnx")
+        return real_session(path, options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", saving_session)
+    modules = {layout: ensemble.build_model(dataclasses.replace(spec, onnx_layout=layout), "cpu")
+               for layout in ("nchw", "nchwc")}
+    domains = {layout: {node.domain for node in onnx.load(path).graph.node} for layout, path in graphs.items()}
+    assert "com.microsoft.nchwc" in domains["nchwc"] and "com.microsoft.nchwc" not in domains["nchw"]
+    assert {layout: module.layout for layout, module in modules.items()} == {"nchw": "nchw", "nchwc": "nchwc"}
+    batch = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(modules["nchw"](batch), modules["nchwc"](batch), atol=1e-4)
+
+
+@pytest.mark.parametrize("nchw,chosen", [(0.5, "nchw"), (0.79, "nchw"), (0.81, "nchwc"), (1.3, "nchwc")])
+def test_export_leaves_the_default_layout_only_for_a_clearly_faster_one(monkeypatch, tmp_path, nchw, chosen):
+    monkeypatch.setattr(export_onnx, "layout_seconds", lambda *args: {"nchwc": 1.0, "nchw": nchw})
+    assert export_onnx.faster_layout(tmp_path / "model.onnx", "0" * 64, torch.zeros(4, 3, 8, 8)) == chosen

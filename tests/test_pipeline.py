@@ -14,11 +14,13 @@ import torch
 
 import inference.pipeline
 from inference.classify import Classifier
+from inference.crops import TrackCrops, crop_key
 from inference.device import Accelerator, to_cpu, usable_cpus
-from inference.pipeline import Pipeline
+from inference.pipeline import Pipeline, Prepared, VideoResult
 from inference.video import find_videos
 from tests.helpers import make_small_videos, run_kernel
 from weights import InputSpec, ModelSpec
+from weights.onnx_runtime import OnnxModule
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +83,9 @@ def test_readers_detect_and_crop_while_the_main_thread_predicts(small_videos, en
         threads["detect"].add(threading.current_thread().name)
         return real_find(frames)
 
-    def predict(self, crops, accelerator, batch_size):
+    def predict(self, crops, accelerator, batch_size, pool=None):
         threads["predict"].add(threading.current_thread().name)
-        return real_predict(self, crops, accelerator, batch_size)
+        return real_predict(self, crops, accelerator, batch_size, pool)
 
     monkeypatch.setattr(runner.finder, "find", find)
     monkeypatch.setattr(Classifier, "predict", predict)
@@ -94,15 +96,33 @@ def test_readers_detect_and_crop_while_the_main_thread_predicts(small_videos, en
     assert threads["predict"] == {threading.main_thread().name}
 
 
-def test_readers_share_the_cores_and_the_classifiers_take_them_all(ensemble_path, monkeypatch):
+def test_readers_share_the_cores_and_the_classifiers_run_batches_side_by_side(ensemble_path, monkeypatch):
     assert usable_cpus() == len(os.sched_getaffinity(0))
     monkeypatch.setattr(inference.pipeline, "usable_cpus", lambda: 8)
     for readers, threads in ((3, 2), (1, 4), (0, 8), (8, 1)):
         runner = Pipeline(ensemble_path, 8, "cpu", readers=readers)
-        assert {c.module.threads for c in runner.classifiers} == {8}
+        assert {c.module.threads for c in runner.classifiers} == {1} and runner.cores == 8
         assert runner.finder.detector.network.threads == threads
-    runner = Pipeline(ensemble_path, 8, "cpu", readers=2, threads=3)
-    assert {c.module.threads for c in runner.classifiers} == {3} == {runner.finder.detector.network.threads}
+    runner = Pipeline(ensemble_path, 8, "cpu", readers=2, cores=3)
+    assert runner.cores == 3 and runner.finder.detector.network.threads == 1
+    # Two batches of a model must be in its session at once: a barrier of two passes only then.
+    runner = Pipeline(ensemble_path, 8, "cpu", readers=0, cores=2)
+    together, real_forward, threads = threading.Barrier(2, timeout=10), OnnxModule.forward, set()
+
+    def forward(module, batch):
+        threads.add(threading.current_thread().name)
+        together.wait()
+        return real_forward(module, batch)
+
+    crops = np.random.default_rng(0).integers(0, 256, (16, 256, 256, 3), dtype=np.uint8)  # two batches of 8
+    group = [Prepared(VideoResult("a.mp4", 0.5), runner.classifiers,
+                      [TrackCrops({crop_key(runner.classifiers[0].spec.input): crops})])]
+    one_by_one = [runner.classifiers[0].predict(crops, runner.accelerator, 8)]
+    monkeypatch.setattr(OnnxModule, "forward", forward)
+    (side_by_side,) = runner.predict(group)
+    monkeypatch.setattr(OnnxModule, "forward", real_forward)
+    assert len(threads) == 2 and all(name.startswith("predict") for name in threads)
+    np.testing.assert_array_equal(side_by_side[runner.classifiers[0].spec.name][0], one_by_one[0])
     with pytest.raises(ValueError, match="at least one reader"):
         next(Pipeline(ensemble_path, 8, "cpu", readers=0).run(iter([])))
 
@@ -117,10 +137,10 @@ def test_a_video_that_breaks_its_batch_costs_only_its_own_row(small_videos, ense
     videos, _ = find_videos(small_videos)
     real_predict = Classifier.predict
 
-    def predict(self, crops, accelerator, batch_size):
+    def predict(self, crops, accelerator, batch_size, pool=None):
         if (crops.reshape(len(crops), -1) == POISON).all(axis=1).any():
             raise ValueError("poisoned crops")
-        return real_predict(self, crops, accelerator, batch_size)
+        return real_predict(self, crops, accelerator, batch_size, pool)
 
     real_prepare = runner.prepare
 

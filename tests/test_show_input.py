@@ -11,6 +11,7 @@ import torch
 from bench.zoo_cost import with_untrained_models
 from inference.classify import Classifier
 from inference.crops import track_crops
+from inference.device import Accelerator
 from inference.tracks import Track
 from inference.video import DecodedVideo
 from weights import load_ensemble
@@ -46,10 +47,21 @@ def test_show_input_is_what_the_pipeline_feeds_the_model(manifest, image, name):
     video = DecodedVideo({index: image for index in range(spec.input.frames)}, [0],
                          {spec.input.clip_geometry: [list(range(spec.input.frames))]}, "test")
     crops = track_crops(video, Track({0: np.array([*box, 0.9], np.float32)}), [spec], ensemble.detector.margin)
-    classifier = Classifier(spec, torch.nn.Identity())
-    stack = classifier.inputs(crops)
-    pipeline = classifier.layout((torch.from_numpy(stack).float().div_(255) - classifier.mean) / classifier.std)
-    assert np.array_equal(normalised, pipeline[0].numpy())
+    received = []
+
+    class Recorder(torch.nn.Module):  # what the classifier hands its model
+        def forward(self, batch):
+            received.append(batch.clone())
+            return torch.zeros(len(batch))
+
+    classifier = Classifier(spec, Recorder())
+    classifier.predict(classifier.inputs(crops), Accelerator("cpu"), 4)
+    assert np.array_equal(normalised, received[0][0].numpy())
+    mean, std = (np.asarray(value, np.float32)[:, None, None] for value in (spec.input.mean, spec.input.std))
+    frame = (np.moveaxis(pixels, -1, 0) / np.float32(255) - mean) / std  # channels first
+    expected = {"frame": frame, "clip": np.repeat(frame[:, None], spec.input.frames, axis=1),
+                "sequence": np.repeat(frame[None], spec.input.frames, axis=0)}[spec.kind]
+    np.testing.assert_allclose(normalised, expected, atol=1e-6)
     height, width = spec.input.shape
     expected_shape = {"frame": (3, height, width), "clip": (3, spec.input.frames, height, width)}[spec.kind]
     assert normalised.shape == expected_shape and normalised.dtype == np.float32 and pixels.shape == (height, width, 3)

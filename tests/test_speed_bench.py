@@ -15,8 +15,15 @@ from inference.pipeline import STAGES
 def test_speed_report_has_every_line(ensemble_path, tmp_path):
     out = tmp_path / "speed.json"
     report = speed.main(["--count", "2", "--seconds", "1", "--frames-per-video", "8", "--clips", str(tmp_path),
-                         "--ensemble", str(ensemble_path), "--json", str(out)])
+                         "--ensemble", str(ensemble_path), "--json", str(out), "--repeat", "3"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    for key in ("decode_floor", "reader_floor", "kernel"):  # three rounds, the median one reported
+        walls = [run["seconds_per_video"] for run in report[key]["runs"]]
+        assert len(walls) == 3 and report[key]["seconds_per_video"] == sorted(walls)[1]
+    ratios = [k["seconds_per_video"] / f["seconds_per_video"]
+              for k, f in zip(report["kernel"]["runs"], report["decode_floor"]["runs"])]
+    assert report["kernel_over_floor_runs"] == pytest.approx(ratios)
+    assert report["kernel_over_floor"] == pytest.approx(sorted(ratios)[1])
     clips = sorted(tmp_path.glob("dfdc_like_*.mp4"))
     assert len(clips) == 2 and report["videos"] == 2
     for floor in ("decode_floor", "reader_floor"):  # full decoding, and the manifest's own

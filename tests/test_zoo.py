@@ -14,6 +14,7 @@ from inference.faces import MTCNNFinder
 from inference.pipeline import Pipeline
 from tests.helpers import run_kernel
 from weights import InputSpec, load_ensemble, sha256_of
+from weights.onnx_runtime import LAYOUTS
 from weights.registry import IMAGENET, KINETICS
 from weights.tools.export_onnx import export_onnx
 
@@ -77,6 +78,7 @@ def test_onnx_export_matches_torch_and_runs_in_the_kernel(mixed_ensemble, sample
     assert path.is_file() and difference < 1e-4
     (entry,) = load_ensemble(manifest).models
     assert entry.runtime == "auto" and entry.onnx == path.name and entry.uses_onnx("cpu")
+    assert entry.onnx_layout in LAYOUTS  # measured: the kernel runs with whichever was faster
     assert not entry.uses_onnx("cuda")  # a GPU runs the PyTorch model in fp16
     assert type(load_ensemble(manifest).build_model(entry)).__name__ == "OnnxModule"
     (tmp_path / "onnx").mkdir()

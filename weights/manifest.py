@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from weights.checkpoint import WeightsError, check_file, load_checkpoint
-from weights.onnx_runtime import OnnxModule
+from weights.onnx_runtime import LAYOUTS, OnnxModule
 from weights.registry import MODEL_KINDS, ArchConfig, InputSpec, arch_config, create_model
 
 FORMAT_VERSION = 2
@@ -74,6 +74,7 @@ class ModelSpec:
     runtime: str = "auto"  # see uses_onnx
     onnx: str | None = None
     onnx_sha256: str | None = None
+    onnx_layout: str = "nchwc"  # onnxruntime's CPU layout, one of LAYOUTS: the faster, measured by export-onnx
     optional: bool = False  # the kernel's time budget may drop it when the run falls behind
     video_score: str | None = None  # how its track scores make the video's (None: the manifest's tracks.video_score)
 
@@ -87,6 +88,7 @@ class ModelSpec:
             (self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}, not {self.aggregation!r}"),
             (self.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, not {self.runtime!r}"),
             (self.runtime != "onnx" or (self.onnx and self.onnx_sha256), "runtime onnx needs onnx and onnx_sha256"),
+            (self.onnx_layout in LAYOUTS, f"onnx_layout must be one of {LAYOUTS}, not {self.onnx_layout!r}"),
             ((self.kind == "frame") == (self.input.frames == 1),
              "frame models take 1 frame, clip and sequence models more"),
             (self.video_score in (None, *VIDEO_SCORES), f"video_score must be one of {VIDEO_SCORES}, not "
@@ -151,10 +153,13 @@ class DetectorSpec:
     runtime: str = "auto"  # see uses_onnx (BlazeFace only)
     onnx: str | None = None
     onnx_sha256: str | None = None
+    onnx_layout: str = "nchwc"  # as for models
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES or (self.runtime == "onnx" and not (self.onnx and self.onnx_sha256)):
             raise WeightsError(f"detector runtime must be one of {RUNTIMES} (onnx needs onnx and onnx_sha256)")
+        if self.onnx_layout not in LAYOUTS:
+            raise WeightsError(f"detector onnx_layout must be one of {LAYOUTS}, not {self.onnx_layout!r}")
         if not isinstance(self.every, int) or self.every < 1:
             raise WeightsError(f"detector.every must be a whole number >= 1, not {self.every!r}")
 
@@ -206,7 +211,8 @@ class Ensemble:
         `threads`: onnxruntime's threads per call (default: torch's)."""
         if not self.detector.uses_onnx(device_type):
             return None
-        return OnnxModule(self.root / self.detector.onnx, self.detector.onnx_sha256, threads)
+        return OnnxModule(self.root / self.detector.onnx, self.detector.onnx_sha256, threads,
+                          self.detector.onnx_layout)
 
     def build_model(self, spec: ModelSpec, device_type: str = "cpu", threads: int | None = None) -> nn.Module:
         """One classifier with its weights loaded strictly (or its hash-checked ONNX session, `threads` per call,
@@ -214,7 +220,7 @@ class Ensemble:
         if spec.uses_onnx(device_type):
             # The checkpoint is what a GPU run loads: a wrong or missing one must fail here too, not on Kaggle.
             check_file(self.root / spec.checkpoint, spec.sha256)
-            return OnnxModule(self.root / spec.onnx, spec.onnx_sha256, threads)
+            return OnnxModule(self.root / spec.onnx, spec.onnx_sha256, threads, spec.onnx_layout)
         return load_checkpoint(create_model(spec.arch, **spec.arch_kwargs), self.root / spec.checkpoint, spec.sha256)
 
     def combine_for(self, spec: ModelSpec) -> str:

@@ -9,6 +9,10 @@ from torch import nn
 
 from weights.checkpoint import check_file
 
+# onnxruntime's CPU layouts: "nchwc" converts convolutions to its blocked layout (the default at the highest
+# optimisation level); "nchw" keeps them as exported. Networks of very few channels (MesoInception4: 1 to 16) spend
+# a third of their time reordering into blocks; export measures both and records the faster (see export_onnx).
+LAYOUTS = ("nchwc", "nchw")
 
 class OnnxModule(nn.Module):
     """An onnxruntime session as an nn.Module: CUDA provider first when asked for a GPU, the CPU always behind it.
@@ -16,13 +20,17 @@ class OnnxModule(nn.Module):
     `.to(device)` picks the providers, so the kernel's device fallback moves it to the CPU like any module.
     """
 
-    def __init__(self, path: Path, sha256: str, threads: int | None = None):
-        """`threads`: onnxruntime's intra-op threads per call (default: torch's thread count)."""
+    def __init__(self, path: Path, sha256: str, threads: int | None = None, layout: str = "nchwc"):
+        """`threads`: onnxruntime's intra-op threads per call (default: torch's thread count); `layout`: one of
+        LAYOUTS, for the CPU provider."""
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"onnx layout must be one of {LAYOUTS}, not {layout!r}")
         path = Path(path)
         check_file(path, sha256, what="ONNX model")
         self.path = path
         self.threads = threads or torch.get_num_threads()
+        self.layout = layout
         self.device = torch.device("cpu")
         self.session = self._session(self.device)
         self.eval()
@@ -37,7 +45,9 @@ class OnnxModule(nn.Module):
         options.intra_op_num_threads = self.threads
         # Idle threads would otherwise spin on the cores the video readers decode on.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return onnxruntime.InferenceSession(str(self.path), options, providers=providers)
+        disabled = ["NchwcTransformer"] if self.layout == "nchw" else []
+        return onnxruntime.InferenceSession(str(self.path), options, providers=providers,
+                                            disabled_optimizers=disabled)
 
     def to(self, device=None, *args, **kwargs):
         device = torch.device(device) if device is not None else self.device

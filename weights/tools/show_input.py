@@ -6,7 +6,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
+from inference.classify import Classifier
 from inference.crops import crop, fit
 from weights.manifest import load_ensemble
 
@@ -26,14 +28,8 @@ def model_input(image: np.ndarray, box: tuple[float, float, float, float], ensem
         raise ValueError(f"the box {box} leaves less than 2 x 2 pixels inside the {image.shape[1]} x "
                          f"{image.shape[0]} image")
     pixels = fit(face, spec.input)
-    # The classifier's own arithmetic (float32): x / 255, then (x - mean) / std.
-    normalised = (pixels.astype(np.float32) / np.float32(255) - np.asarray(spec.input.mean, np.float32)) \
-        / np.asarray(spec.input.std, np.float32)
-    chw = np.ascontiguousarray(normalised.transpose(2, 0, 1))
-    if spec.kind == "clip":
-        chw = np.repeat(chw[:, None], spec.input.frames, axis=1)
-    elif spec.kind == "sequence":
-        chw = np.repeat(chw[None], spec.input.frames, axis=0)
+    batch = pixels[None] if spec.kind == "frame" else np.repeat(pixels[None], spec.input.frames, axis=0)[None]
+    chw = Classifier(spec, torch.nn.Identity()).normalise(batch)[0].numpy()
     return chw, pixels
 
 
