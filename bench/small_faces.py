@@ -3,8 +3,8 @@
 `python -m bench.small_faces [--weights artifacts/weights] [--every K]` pastes the astronaut's face at several
 widths into 1920x1080 scenes and prints, per (model, scales), the share of frames whose face was found and
 the detector's seconds per frame. With `--every K` the face drifts across one scene, as in a video, and each
-setting is measured twice: detecting every frame, and sparsely (every K-th frame, the rest interpolated unless
-the faces differ; see `inference.faces.find_sparse`), a face counted as found where its box was interpolated.
+setting is measured twice: detecting every frame, and sparsely (whole-frame passes on every K-th frame, windows
+near the interpolated boxes between; see `inference.faces.find_sparse`).
 """
 from __future__ import annotations
 
@@ -73,10 +73,7 @@ def measure(finder: BlazeFaceFinder, face_width: int, count: int, every: int | N
     every `every`-th frame (see find_sparse)."""
     frames, truths = zip(*scenes_with_face(face_width, count, drift=every is not None))
     start = time.perf_counter()
-    if every is None:
-        boxes = finder.find(list(frames))
-    else:
-        boxes, _ = find_sparse(finder, list(frames), list(range(count)), every)
+    boxes, _ = find_sparse(finder, list(frames), list(range(count)), every or 1)
     seconds = (time.perf_counter() - start) / count
     return sum(found(b, t) for b, t in zip(boxes, truths)) / count, seconds
 

@@ -27,6 +27,8 @@ class Classifier:
         self.scale = (1 / (255 * std)).view(channels)
         self.shift = (-torch.tensor(spec.input.mean, dtype=torch.float32) / std).view(channels)
         self.memory_format = MEMORY_FORMATS[spec.kind]
+        # onnxruntime takes contiguous arrays; PyTorch modules were placed in their memory format
+        self.input_format = torch.contiguous_format if isinstance(module, OnnxModule) else self.memory_format
 
     def side_by_side(self, accelerator: Accelerator) -> bool:
         """Whether its batches may run at once: onnxruntime on the CPU, whose sessions run one thread per call."""
@@ -56,9 +58,7 @@ class Classifier:
 
     def predict_batch(self, crops: np.ndarray, accelerator: Accelerator) -> np.ndarray:
         """P(FAKE) of one batch."""
-        # onnxruntime takes contiguous arrays; PyTorch modules were placed in their memory format
-        memory_format = torch.contiguous_format if isinstance(self.module, OnnxModule) else self.memory_format
-        batch = self.normalise(crops, memory_format)
+        batch = self.normalise(crops, self.input_format)
         return torch.sigmoid(self.logit(accelerator(self.module, batch, self.memory_format))).numpy()
 
     def normalise(self, crops: np.ndarray, memory_format=torch.contiguous_format) -> torch.Tensor:

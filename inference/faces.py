@@ -215,13 +215,20 @@ def steady_pairs(first: np.ndarray, last: np.ndarray) -> list[tuple[np.ndarray, 
     within STEADY_SHIFT face sizes of its pair: a face lost, or a new one, means the frames between must be seen."""
     if len(first) != len(last) or not len(first):
         return None
-    candidates = sorted((face_shift(a, b), i, j) for i, a in enumerate(first) for j, b in enumerate(last))
+    pairs = pair_nearest(first, last, STEADY_SHIFT)
+    return [(first[i], last[j]) for i, j in pairs] if len(pairs) == len(first) else None
+
+
+def pair_nearest(firsts, lasts, max_shift: float) -> list[tuple[int, int]]:
+    """Greedy pairing of two lists of face boxes, nearest (`face_shift`) first, each box in one pair at most and no
+    pair more than `max_shift` face sizes apart: (index in firsts, index in lasts) in the order they were paired."""
+    candidates = sorted((face_shift(a, b), i, j) for i, a in enumerate(firsts) for j, b in enumerate(lasts))
     pairs, taken_first, taken_last = [], set(), set()
     for shift, i, j in candidates:
+        if shift > max_shift:
+            break
         if i not in taken_first and j not in taken_last:
-            if shift > STEADY_SHIFT:
-                return None
-            pairs.append((first[i], last[j]))
+            pairs.append((i, j))
             taken_first.add(i)
             taken_last.add(j)
     return pairs

@@ -47,7 +47,7 @@ class VideoResult:
     frames_requested: int = 0      # what the time budget allowed this video
     frames_read: int = 0           # key frames, evenly spaced: what detection and frame models see
     frames_decoded: int = 0        # key frames plus the clip windows of clip and sequence models
-    frames_detected: int = 0       # key frames the detector ran on; the others' boxes are interpolated
+    frames_detected: int = 0       # key frames with a whole-frame pass; the others were searched near their faces
     frame_indices: list[int] = field(default_factory=list)  # the key frames, by index in the video
     reader: str | None = None
     sampling: str | None = None    # "reference": the key frames are the nearest reference frames; see DecodeSpec
@@ -121,6 +121,7 @@ class Pipeline:
                                        max(1, self.cores // (readers + 1)))
         self.classifiers = [Classifier(m, self.ensemble.build_model(m, self.accelerator.device.type, threads=1))
                             for m in self.ensemble.models]
+        self.pool = ThreadPoolExecutor(self.cores, thread_name_prefix="predict")  # threads start on first use
         self.blend_weights = {m.name: m.weight for m in self.ensemble.models}
         self.readers = readers
         # Enough videos per batch for two full batches of crops: a GPU batch of 64 at 32 frames takes 4 videos.
@@ -238,17 +239,16 @@ class Pipeline:
     def predict(self, group: list[Prepared]) -> list[dict[str, list[np.ndarray]]]:
         """Per video, per model, per track: the frame (or clip) scores; one batched run per model."""
         per_video: list[dict[str, list[np.ndarray]]] = [{} for _ in group]
-        with ThreadPoolExecutor(self.cores, thread_name_prefix="predict") as pool:
-            for classifier in self.classifiers:
-                users = [i for i, p in enumerate(group) if classifier in p.classifiers]
-                if not users:
-                    continue
-                inputs = [track for i in users for track in group[i].inputs]
-                flat = score_tracks(inputs, [classifier], self.accelerator, self.batch_size,
-                                    pool)[classifier.spec.name]
-                offsets = np.cumsum([0] + [len(group[i].inputs) for i in users])
-                for i, start, stop in zip(users, offsets[:-1], offsets[1:]):
-                    per_video[i][classifier.spec.name] = flat[start:stop]
+        for classifier in self.classifiers:
+            users = [i for i, p in enumerate(group) if classifier in p.classifiers]
+            if not users:
+                continue
+            inputs = [track for i in users for track in group[i].inputs]
+            scores = score_tracks(inputs, [classifier], self.accelerator, self.batch_size, self.pool)
+            flat = scores[classifier.spec.name]
+            offsets = np.cumsum([0] + [len(group[i].inputs) for i in users])
+            for i, start, stop in zip(users, offsets[:-1], offsets[1:]):
+                per_video[i][classifier.spec.name] = flat[start:stop]
         return per_video
 
     def blend(self, result: VideoResult, frame_scores: dict[str, list[np.ndarray]]) -> None:

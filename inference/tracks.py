@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from inference.faces import face_shift
+from inference.faces import pair_nearest
 from weights import TrackSpec
 
 
@@ -44,16 +44,10 @@ def link_tracks(boxes_per_key: list[np.ndarray], spec: TrackSpec) -> list[Track]
     tracks: list[Track] = []
     for pos, boxes in enumerate(boxes_per_key):
         open_tracks = [t for t in tracks if pos - t.last <= spec.max_gap + 1]
-        pairs = sorted((face_shift(t.boxes[t.last], box), ti, bi) for ti, t in enumerate(open_tracks)
-                       for bi, box in enumerate(boxes))
-        taken_tracks, taken_boxes = set(), set()
-        for shift, ti, bi in pairs:
-            if shift > spec.max_shift:
-                break
-            if ti not in taken_tracks and bi not in taken_boxes:
-                open_tracks[ti].boxes[pos] = boxes[bi]
-                taken_tracks.add(ti)
-                taken_boxes.add(bi)
+        pairs = pair_nearest([t.boxes[t.last] for t in open_tracks], boxes, spec.max_shift)
+        for ti, bi in pairs:
+            open_tracks[ti].boxes[pos] = boxes[bi]
+        taken_boxes = {bi for _, bi in pairs}
         tracks.extend(Track({pos: box}) for bi, box in enumerate(boxes) if bi not in taken_boxes)
     confirmed = [t for t in tracks if len(t.boxes) >= spec.min_detections]
     longest = max((len(t.boxes) for t in tracks), default=0)

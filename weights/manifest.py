@@ -149,7 +149,7 @@ class DetectorSpec:
     thresholds: tuple[float, float, float] | None = None  # MTCNN's three stages; None: (0.6, 0.7, min_score)
     margin: float = 0.2  # crop margin of models without their own: this fraction of the box in all, half each side
     max_faces_per_frame: int = 4
-    every: int = 4  # detect on every k-th sampled frame (and between two whose faces differ); interpolate the rest
+    every: int = 4  # whole-frame passes on every k-th sampled frame (and where faces change); windows between
     runtime: str = "auto"  # see uses_onnx (BlazeFace only)
     onnx: str | None = None
     onnx_sha256: str | None = None
