@@ -9,6 +9,10 @@ import numpy as np
 
 SHARPEN_POWER = 0.65  # NTech (3rd place): p -> 0.5 + sign(p - 0.5) |p - 0.5|^0.65, pushed away from 0.5
 SHARPEN_LIMITS = (0.01, 0.99)
+# logit_mean reads each logit back from its P(FAKE), which inference.classify keeps in float64 for such a model;
+# held 2^-53 (float64's last step below 1) away from 0 and 1, none is infinite. A logit l comes back within about
+# e^|l| x 1e-16: 5e-8 at 20, 1e-3 at 30; beyond 36.7 it reads as 36.7.
+LOGIT_EDGE = 2.0 ** -53
 
 
 def aggregate_frames(frame_scores: Sequence[float], method: str = "mean") -> float:
@@ -17,8 +21,8 @@ def aggregate_frames(frame_scores: Sequence[float], method: str = "mean") -> flo
     mean, median: as named. confident: the 1st-place DFDC rule, as their code ran it: with more than 11 scores
     above 0.8 that are also more than n // 2.5 of the n, their mean; else if more than 90% score below 0.2, their
     mean; else the mean. confidence_weighted: each score weighted by its distance from 0.5, so unsure frames count
-    less. sharpen: NTech's rule, each score sharpened (SHARPEN_POWER) and clamped to SHARPEN_LIMITS, then weighted
-    by its distance from 0.5 (+ 1e-4).
+    less. sharpen: NTech's rule, each score sharpened (SHARPEN_POWER) and clamped to SHARPEN_LIMITS, weighted by
+    the distance of the original score from 0.5 (+ 1e-4). logit_mean: the sigmoid of the mean logit (polimi).
     """
     scores = np.asarray(frame_scores, dtype=np.float64)
     if scores.size == 0:
@@ -40,8 +44,12 @@ def aggregate_frames(frame_scores: Sequence[float], method: str = "mean") -> flo
             return float(scores.mean())
         return float((scores * confidence).sum() / confidence.sum())
     if method == "sharpen":
-        sharp = np.clip(0.5 + np.sign(scores - 0.5) * np.abs(scores - 0.5) ** SHARPEN_POWER, *SHARPEN_LIMITS)
-        return float(np.average(sharp, weights=np.abs(sharp - 0.5) + 1e-4))
+        distance = scores - 0.5
+        sharp = np.clip(0.5 + np.sign(distance) * np.abs(distance) ** SHARPEN_POWER, *SHARPEN_LIMITS)
+        return float(np.average(sharp, weights=np.abs(distance) + 1e-4))
+    if method == "logit_mean":
+        held = np.clip(scores, LOGIT_EDGE, 1 - LOGIT_EDGE)
+        return float(1 / (1 + np.exp(-(np.log(held) - np.log1p(-held)).mean())))
     raise ValueError(f"unknown frame aggregation {method!r}")
 
 

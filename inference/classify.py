@@ -9,6 +9,7 @@ import torch
 from inference.crops import TrackCrops, crop_key, stack_key
 from inference.device import Accelerator
 from weights import ModelSpec
+from weights.manifest import LOGIT_AGGREGATIONS
 from weights.onnx_runtime import OnnxModule
 
 MEMORY_FORMATS = {"frame": torch.channels_last, "clip": torch.channels_last_3d, "sequence": torch.contiguous_format}
@@ -29,6 +30,8 @@ class Classifier:
         self.memory_format = MEMORY_FORMATS[spec.kind]
         # onnxruntime takes contiguous arrays; PyTorch modules were placed in their memory format
         self.input_format = torch.contiguous_format if isinstance(module, OnnxModule) else self.memory_format
+        # A rule that reads the logit back needs P(FAKE) in float64: float32 rounds it to 1 from a logit of 17.
+        self.score_dtype = torch.float64 if spec.aggregation in LOGIT_AGGREGATIONS else torch.float32
 
     def side_by_side(self, accelerator: Accelerator) -> bool:
         """Whether its batches may run at once: onnxruntime on the CPU, whose sessions run one thread per call."""
@@ -59,7 +62,8 @@ class Classifier:
     def predict_batch(self, crops: np.ndarray, accelerator: Accelerator) -> np.ndarray:
         """P(FAKE) of one batch."""
         batch = self.normalise(crops, self.input_format)
-        return torch.sigmoid(self.logit(accelerator(self.module, batch, self.memory_format))).numpy()
+        logit = self.logit(accelerator(self.module, batch, self.memory_format))
+        return torch.sigmoid(logit.to(self.score_dtype)).numpy()
 
     def normalise(self, crops: np.ndarray, memory_format=torch.contiguous_format) -> torch.Tensor:
         """uint8 crops (or clips), channels last -> float32 (pixels / 255 - mean) / std in the model's layout."""

@@ -15,13 +15,15 @@ from weights import InputSpec, ModelSpec
 INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR,
                   "cubic": cv2.INTER_CUBIC}
 
-CropKey = tuple  # (margin, shape, resize, resize_to, interpolation): frame crops shared by models that agree
+CropKey = tuple  # the InputSpec fields that cut and resize a face: frame crops shared by models that agree
 StackKey = tuple  # (frames, stride, clips, box, *CropKey): clip stacks shared likewise
+PADS = {"zero": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT_101}
 
 
 def crop_key(spec: InputSpec) -> CropKey:
     """Which face crops a model reads: models that cut and resize alike share them."""
-    return spec.margin, spec.shape, spec.resize, spec.resize_shape, spec.interpolation
+    return (spec.margin, spec.margin_sides, spec.margin_of, spec.margin_cut, spec.shape, spec.resize,
+            spec.resize_shape, spec.rounding, spec.pad, spec.interpolation, spec.precision)
 
 
 def stack_key(spec: ModelSpec) -> StackKey:
@@ -40,33 +42,53 @@ def expand_box(box: np.ndarray, margin: float, height: int, width: int) -> tuple
             min(width, int(math.ceil(x1 + pad_x))), min(height, int(math.ceil(y1 + pad_y))))
 
 
-def pad_box(box: np.ndarray, margin: float, height: int, width: int) -> tuple[int, int, int, int]:
-    """A model's own margin, as the 1st place cut faces: the box cut to whole pixels, then floor(margin x its
-    height) added above and below and floor(margin x its width) left and right, clamped: (left, top, right, bottom)."""
-    x0, y0, x1, y1 = (int(v) for v in box[:4])
-    pad_x, pad_y = math.floor((x1 - x0) * margin + 1e-9), math.floor((y1 - y0) * margin + 1e-9)
-    return max(0, x0 - pad_x), max(0, y0 - pad_y), min(width, x1 + pad_x), min(height, y1 + pad_y)
+def margin_box(box: np.ndarray, spec: InputSpec, height: int, width: int) -> tuple[int, int, int, int]:
+    """A model's own margin (`spec.margin`, per side, of the box's side, height or width, cut to whole pixels as
+    `spec.margin_cut` says), clamped to the frame: (left, top, right, bottom).
 
-
-def crop(frame: np.ndarray, box: np.ndarray, margin: float, own_margin: float | None = None) -> np.ndarray | None:
-    """The face with its margin (the model's own, else the detector's), or None when the box leaves less than
-    2 x 2 pixels inside the frame."""
-    if own_margin is None:
-        left, top, right, bottom = expand_box(box, margin, *frame.shape[:2])
+    `exact` works in float64 and `round` in float32, as the teams' code did (NTech's numpy 1.x turned float32 boxes
+    times Python floats into float64; polimi's boxes stayed float32 tensors), so a corner near a whole pixel
+    falls on their side of it."""
+    if spec.margin_cut == "floor":
+        x0, y0, x1, y1 = (int(v) for v in box[:4])
     else:
-        left, top, right, bottom = pad_box(box, own_margin, *frame.shape[:2])
+        x0, y0, x1, y1 = np.asarray(box[:4], np.float64 if spec.margin_cut == "exact" else np.float32)
+    across, down = {"side": (x1 - x0, y1 - y0), "height": (y1 - y0,) * 2, "width": (x1 - x0,) * 2}[spec.margin_of]
+    across, down = across * spec.margin, down * spec.margin
+    if spec.margin_cut == "floor":  # +1e-9: a third of 3k pixels is k, not k - 1 by a rounding error
+        across, down = math.floor(across + 1e-9), math.floor(down + 1e-9)
+    elif spec.margin_cut == "round":
+        across, down = np.round(across), np.round(down)
+    left, top, right, bottom = spec.margin_sides
+    return (max(0, int(x0 - across * left)), max(0, int(y0 - down * top)),
+            min(width, int(x1 + across * right)), min(height, int(y1 + down * bottom)))
+
+
+def crop(frame: np.ndarray, box: np.ndarray, spec: InputSpec, detector_margin: float) -> np.ndarray | None:
+    """The face with the model's own margin (else the detector's total margin, half on each side), or None when
+    the box leaves less than 2 x 2 pixels inside the frame."""
+    if spec.margin is None:
+        left, top, right, bottom = expand_box(box, detector_margin, *frame.shape[:2])
+    else:
+        left, top, right, bottom = margin_box(box, spec, *frame.shape[:2])
     return frame[top:bottom, left:right] if right - left >= 2 and bottom - top >= 2 else None
 
 
 # ---------------------------------------------------------------------------------------------- resize
 
-def resize(image: np.ndarray, shape: tuple[int, int], interpolation: tuple[str, str]) -> np.ndarray:
-    """Resize to (height, width) with the (shrinking, enlarging) filter: enlarging when the area grows."""
+def resize(image: np.ndarray, shape: tuple[int, int], interpolation: tuple[str, str],
+           precision: str = "uint8") -> np.ndarray:
+    """Resize to (height, width) with the (shrinking, enlarging) filter: enlarging when the area grows. In float64
+    precision the result is truncated back to uint8 (clipped first: cubic overshoots)."""
     height, width = shape
     if image.shape[:2] == (height, width):
         return image
     growing = height * width > image.shape[0] * image.shape[1]
-    return cv2.resize(image, (width, height), interpolation=INTERPOLATIONS[interpolation[growing]])
+    flag = INTERPOLATIONS[interpolation[growing]]
+    if precision == "uint8":
+        return cv2.resize(image, (width, height), interpolation=flag)
+    resized = cv2.resize(image.astype(np.float64), (width, height), interpolation=flag)
+    return np.clip(resized, 0, 255).astype(np.uint8)
 
 
 def place(image: np.ndarray, shape: tuple[int, int], top: int, left: int) -> np.ndarray:
@@ -87,34 +109,47 @@ def centre_offset(inner: int, outer: int) -> int:
     return (outer - inner) // 2 if inner <= outer else -((inner - outer) // 2)
 
 
-def centre(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The image centred on (height, width): centre-cropped where larger, zero-padded where smaller."""
-    return place(image, shape, centre_offset(image.shape[0], shape[0]), centre_offset(image.shape[1], shape[1]))
+def centre(image: np.ndarray, shape: tuple[int, int], pad: str = "zero") -> np.ndarray:
+    """The image centred on (height, width): centre-cropped where larger, padded where smaller (with zeros, or
+    reflected as OpenCV's BORDER_REFLECT_101)."""
+    top, left = centre_offset(image.shape[0], shape[0]), centre_offset(image.shape[1], shape[1])
+    if pad != "zero" and (top > 0 or left > 0):  # reflect the short sides out to the shape, then cut the long ones
+        below, right = max(0, shape[0] - image.shape[0] - top), max(0, shape[1] - image.shape[1] - left)
+        image = cv2.copyMakeBorder(image, max(0, top), below, max(0, left), right, PADS[pad])
+        top, left = min(0, top), min(0, left)
+    return place(image, shape, top, left)
 
 
-def isotropic(image: np.ndarray, scale: float, interpolation: tuple[str, str]) -> np.ndarray:
-    """The image scaled by `scale` on both axes (at least 1 pixel)."""
-    height, width = image.shape[:2]
-    return resize(image, (max(1, round(height * scale)), max(1, round(width * scale))), interpolation)
+def isotropic(image: np.ndarray, axis: int, target: int, spec: InputSpec) -> np.ndarray:
+    """The image scaled so its side on `axis` (0: height, 1: width) is `target`, the other side by the same
+    factor, cut to whole pixels by `spec.rounding` (at least 1)."""
+    scale = target / image.shape[axis]
+    other = image.shape[1 - axis] * scale
+    other = max(1, int(other) if spec.rounding == "truncate" else round(other))
+    return resize(image, (target, other) if axis == 0 else (other, target), spec.interpolation, spec.precision)
 
 
 def fit(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """A face crop turned into the model's input image, (height, width, 3) uint8, by the spec's resize mode."""
-    shape, interpolation = spec.shape, spec.interpolation
-    if spec.resize == "letterbox":
-        scale = min(shape[0] / image.shape[0], shape[1] / image.shape[1])
-        return centre(isotropic(image, scale, interpolation), shape)
+    shape, interpolation, precision = spec.shape, spec.interpolation, spec.precision
+    height, width = image.shape[:2]
+    if spec.resize == "letterbox":  # the side with the smaller scale sets it (the height on a tie)
+        axis = 0 if shape[0] / height <= shape[1] / width else 1
+        return centre(isotropic(image, axis, shape[axis], spec), shape, spec.pad)
     if spec.resize == "pad_bottom_right":
-        side = max(image.shape[:2])
+        side = max(height, width)
         square = place(image, (side, side), 0, 0)
-        return centre(resize(square, spec.resize_shape or shape, interpolation), shape)
+        return centre(resize(square, spec.resize_shape or shape, interpolation, precision), shape)
     if spec.resize == "stretch":
-        return centre(resize(image, spec.resize_shape or shape, interpolation), shape)
+        return centre(resize(image, spec.resize_shape or shape, interpolation, precision), shape)
+    if spec.resize == "pad_stretch":
+        padded = centre(image, (max(height, shape[0]), max(width, shape[1])), spec.pad)
+        return resize(padded, shape, interpolation, precision)
     if spec.resize == "short_side_center_crop":
-        scale = min(spec.resize_shape) / min(image.shape[:2])
-        return centre(isotropic(image, scale, interpolation), shape)
+        axis = 0 if height <= width else 1
+        return centre(isotropic(image, axis, min(spec.resize_shape), spec), shape, spec.pad)
     if spec.resize == "resize_center_crop":
-        return centre(resize(image, spec.resize_shape, interpolation), shape)
+        return centre(resize(image, spec.resize_shape, interpolation, precision), shape)
     raise ValueError(f"unknown resize mode {spec.resize!r}")
 
 
@@ -128,15 +163,15 @@ class TrackCrops:
     clips: dict[StackKey, np.ndarray] = field(default_factory=dict)   # stack key -> (n, T, H, W, 3)
 
 
-def track_crops(video: DecodedVideo, track: Track, specs: list[ModelSpec], margin: float) -> TrackCrops:
-    """Each model's inputs for one track (`margin`: the detector's): face crops of the track's detections for frame
-    models, fixed-box clips for clip and sequence models."""
+def track_crops(video: DecodedVideo, track: Track, specs: list[ModelSpec], detector_margin: float) -> TrackCrops:
+    """Each model's inputs for one track (`detector_margin`: for models without their own): face crops of the
+    track's detections for frame models, fixed-box clips for clip and sequence models."""
     inputs = TrackCrops()
     for spec in specs:
         if spec.kind == "frame":
             key = crop_key(spec.input)
             if key not in inputs.faces:
-                faces = [c for c in (crop(video.frames[video.keys[pos]], box, margin, spec.input.margin)
+                faces = [c for c in (crop(video.frames[video.keys[pos]], box, spec.input, detector_margin)
                                      for pos, box in sorted(track.boxes.items())) if c is not None]
                 if faces:
                     inputs.faces[key] = np.stack([fit(face, spec.input) for face in faces])
@@ -148,7 +183,7 @@ def track_crops(video: DecodedVideo, track: Track, specs: list[ModelSpec], margi
         for run in track_windows(video, track, spec.input.clip_geometry):
             # One box per clip: 3D models were trained on steady crops, not jittering ones.
             box = track.union() if spec.input.box == "track_union" else track.box_at(run[len(run) // 2], video.keys)
-            frames = [crop(video.frames[i], box, margin, spec.input.margin) for i in run]
+            frames = [crop(video.frames[i], box, spec.input, detector_margin) for i in run]
             if all(f is not None for f in frames):
                 stacks.append(np.stack([fit(f, spec.input) for f in frames]))
         if stacks:

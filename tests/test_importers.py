@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import weights.__main__
+from bench.standins import calibrate
 from weights import create_model, load_ensemble
 from weights.tools.importers import (
     ImportRefused,
@@ -38,22 +39,6 @@ TOLERANCE = 1e-5
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------
-
-
-def calibrate(model: nn.Module, *inputs: torch.Tensor) -> nn.Module:
-    """BatchNorm running statistics of one training-mode pass (cumulative, so one pass sets them), then eval."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    model.train()
-    with torch.no_grad():
-        for batch in inputs:
-            model(batch)
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
-    return model.eval()
 
 
 def randomise_head(linear: nn.Linear) -> None:
@@ -267,8 +252,10 @@ def test_polimi_efficientnet_imports_and_matches(tmp_path, manifest):
     result = import_checkpoint("polimi", path, name="polimi", arch="timm/tf_efficientnet_b0", ensemble=manifest)
     assert max_difference(source, imported_model(result), seeded(2, 3, 224, 224)) <= TOLERANCE
     spec = result.spec
-    assert (spec.input.size, spec.input.margin, spec.input.resize, spec.input.mean) == (
-        224, 0.2, "letterbox", (0.485, 0.456, 0.406))
+    assert (spec.input.size, spec.input.margin, spec.input.margin_sides, spec.input.margin_of, spec.input.margin_cut,
+            spec.input.resize, spec.input.interpolation, spec.input.mean, spec.aggregation) == (
+        224, 0.2, (1, 2, 1, 1), "height", "round", "pad_stretch", ("linear", "linear"), (0.485, 0.456, 0.406),
+        "logit_mean")
     assert result.renames["efficientnet.* -> *"] == 358
 
 
@@ -490,6 +477,26 @@ def test_reader_allows_numpy_float64_only(tmp_path):
         read_checkpoint(path)
 
 
+def test_a_checkpoint_cut_short_is_refused_in_one_line(tmp_path, manifest, capsys):
+    whole = tmp_path / "whole.pth"
+    torch.save({"state_dict": {"w": torch.randn(64, 64), "b": torch.zeros(3)}}, whole)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"state_dict": {"w": torch.randn(64, 64)}}, legacy, _use_new_zipfile_serialization=False)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[:300])
+    with pytest.raises(ImportRefused, match="cut short or damaged"):
+        read_checkpoint(cut)
+    with pytest.raises(SystemExit) as stop:
+        weights.__main__.main(["import", "plain", str(cut), "--arch", "meso4", "--ensemble", str(manifest)])
+    assert "cut short" in str(stop.value) and "\n" not in str(stop.value) and "Traceback" not in str(stop.value)
+    for source in (whole, legacy):  # cut anywhere: a refusal, never another exception
+        data = source.read_bytes()
+        for length in range(1, len(data), 97):
+            cut.write_bytes(data[:length])
+            with pytest.raises(ImportRefused):
+                read_checkpoint(cut)
+
+
 def test_cli_flags_override_the_preset(tmp_path, manifest, capsys):
     path = save_selimsef(tmp_path / "final_b0", DeepFakeClassifier())
     weights.__main__.main([
@@ -503,7 +510,19 @@ def test_cli_flags_override_the_preset(tmp_path, manifest, capsys):
                               "std": [0.25, 0.25, 0.25]}
     assert (entry["aggregation"], entry["video_score"], entry["tta"], entry["weight"]) == (
         "median", None, ["hflip"], 0.5)
-    assert "margin the detector's" in capsys.readouterr().out
+    assert "margin: the detector's" in capsys.readouterr().out
+    weights.__main__.main([
+        "import", "selimsef", str(path), "--name", "polimi_like", "--arch", "timm/tf_efficientnet_b0",
+        "--ensemble", str(manifest), "--margin", "0.2", "--margin-sides", "1,2,1,1", "--margin-of", "height",
+        "--margin-cut", "round", "--resize", "pad_stretch", "--rounding", "round", "--pad", "reflect",
+        "--precision", "float64", "--aggregation", "logit_mean"])
+    entry = json.loads(manifest.read_text())["models"][-1]
+    assert {k: entry["input"][k] for k in ("margin", "margin_sides", "margin_of", "margin_cut", "resize", "rounding",
+                                           "pad", "precision")} == {
+        "margin": 0.2, "margin_sides": [1, 2, 1, 1], "margin_of": "height", "margin_cut": "round",
+        "resize": "pad_stretch", "rounding": "round", "pad": "reflect", "precision": "float64"}
+    assert entry["aggregation"] == "logit_mean"
+    assert "margin: 0.2 of the box's height, x [1.0, 2.0, 1.0, 1.0]" in capsys.readouterr().out
 
 
 def test_cli_refusal_exits_with_the_reason(tmp_path, manifest, capsys):

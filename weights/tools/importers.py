@@ -46,7 +46,20 @@ from torch import nn
 
 from weights.checkpoint import WeightsError, load_checkpoint, sha256_of
 from weights.manifest import AGGREGATIONS, VIDEO_SCORES, ModelSpec, default_manifest, load_ensemble
-from weights.registry import BOXES, INTERPOLATIONS, RESIZES, TIMM_PREFIX, InputSpec, arch_config, create_model
+from weights.registry import (
+    BOXES,
+    INTERPOLATIONS,
+    MARGIN_BASES,
+    MARGIN_CUTS,
+    PADS,
+    PRECISIONS,
+    RESIZES,
+    ROUNDINGS,
+    TIMM_PREFIX,
+    InputSpec,
+    arch_config,
+    create_model,
+)
 from weights.tools.presets import PRESETS, SOURCES
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -139,9 +152,14 @@ def read_checkpoint(path: Path | str) -> Any:
     if kind == "unknown":
         raise ImportRefused(f"{path.name}: not a PyTorch (torch.save) or safetensors file")
     if kind == "zip":
-        with zipfile.ZipFile(path) as archive:
-            if any(name.endswith("constants.pkl") for name in archive.namelist()):
-                raise ImportRefused(f"{path.name}: a TorchScript archive, not a state dict (save model.state_dict())")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile as error:  # a zip cut short: its directory, at the end, is gone
+            raise ImportRefused(f"{path.name}: a torch.save zip archive, cut short or damaged ({error}): copy the "
+                                "file again") from None
+        if any(name.endswith("constants.pkl") for name in names):
+            raise ImportRefused(f"{path.name}: a TorchScript archive, not a state dict (save model.state_dict())")
     try:
         with torch.serialization.safe_globals(safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -150,7 +168,7 @@ def read_checkpoint(path: Path | str) -> Any:
         hint = " (a whole pickled model: save model.state_dict())" if what.startswith("torch.nn.modules.") else ""
         raise ImportRefused(f"{path.name}: refused to unpickle {what}{hint}: weights-only loading allows tensors, "
                             "plain containers and numpy float64 scalars (nothing in it ran)") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
+    except Exception as error:  # a file cut short fails in many places (EOFError, IndexError, struct.error, ...)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImportRefused(f"{path.name}: unreadable torch file ({reason})") from None
 
@@ -362,7 +380,9 @@ class ImportResult:
         resize = spec_input.resize + (f" to {spec_input.resize_to}" if spec_input.resize_to else "")
         clip = f", {spec_input.frames} frames, box {spec_input.box}" if spec.kind != "frame" else ""
         tta = f", tta {'+'.join(spec.tta)}" if spec.tta else ""
-        margin = "the detector's" if spec_input.margin is None else f"{spec_input.margin:.4g} per side"
+        margin = "the detector's" if spec_input.margin is None else (
+            f"{spec_input.margin:.4g} of the box's {spec_input.margin_of}, x {list(spec_input.margin_sides)} "
+            f"(left, top, right, bottom), cut {spec_input.margin_cut}")
         lines = [
             f"{'replaced' if self.replaced else 'added'} {spec.name} in {self.manifest}: {spec.arch} "
             f"{json.dumps(spec.arch_kwargs)}, {outputs} output(s), positive class {spec.positive_class}",
@@ -370,9 +390,10 @@ class ImportResult:
             "  renames: " + ("; ".join(f"{rule} ({n})" for rule, n in self.renames.items()) or "none"),
             "  dropped: " + ("; ".join(f"{rule} ({n})" for rule, n in self.dropped.items()) or "nothing"),
             *(f"  {note}" for note in self.notes),
-            f"  input: {spec.kind} {'x'.join(map(str, spec_input.shape))}, margin {margin}, {resize}, "
-            f"interpolation {'/'.join(spec_input.interpolation)}, mean {list(spec_input.mean)}, "
-            f"std {[round(v, 6) for v in spec_input.std]}{clip}",
+            f"  input: {spec.kind} {'x'.join(map(str, spec_input.shape))}, {resize} (rounding {spec_input.rounding}, "
+            f"pad {spec_input.pad}), interpolation {'/'.join(spec_input.interpolation)} in {spec_input.precision}, "
+            f"mean {list(spec_input.mean)}, std {[round(v, 6) for v in spec_input.std]}{clip}",
+            f"  margin: {margin}",
             f"  scores: aggregation {spec.aggregation}, video_score {spec.video_score or '(the manifest tracks)'}"
             f"{tta}, weight {spec.weight}",
         ]
@@ -386,8 +407,9 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
     """Import `checkpoint` (a `source` team's layout) as model `name` of the manifest `ensemble` (default: the
     default manifest): strict load, `NAME.safetensors` beside the manifest, the entry added or replaced.
 
-    `overrides`: InputSpec fields (size, margin, resize, resize_to, interpolation, mean, std, frames, stride,
-    clips, box) and entry fields (aggregation, video_score, tta, optional) replacing the source's preset.
+    `overrides`: InputSpec fields (size, margin, margin_sides, margin_of, margin_cut, resize, resize_to, rounding,
+    pad, interpolation, precision, mean, std, frames, stride, clips, box) and entry fields (aggregation,
+    video_score, tta, optional) replacing the source's preset.
     `strip_prefixes` and `renames` (OLD=NEW prefix renames) are for the `plain` source. Raises ImportRefused
     (one line) and writes nothing when any step fails.
     """
@@ -709,12 +731,19 @@ def add_arguments(parser) -> None:
     preset = parser.add_argument_group("preset overrides")
     preset.add_argument("--size", type=_size, help="input side, or HxW")
     preset.add_argument("--margin", type=_optional(float), help="per side, fraction of the box; none: the detector's")
+    preset.add_argument("--margin-sides", type=_numbers(4), metavar="L,T,R,B",
+                        help="the margin's multiple per side (polimi: 1,2,1,1)")
+    preset.add_argument("--margin-of", choices=MARGIN_BASES, help="what the margin is a fraction of")
+    preset.add_argument("--margin-cut", choices=MARGIN_CUTS, help="how the margin becomes whole pixels")
     preset.add_argument("--resize", choices=RESIZES)
     preset.add_argument("--resize-to", type=_optional(_size), help="side or HxW; none to unset")
+    preset.add_argument("--rounding", choices=ROUNDINGS, help="how an isotropic resize cuts the scaled side")
+    preset.add_argument("--pad", choices=PADS, help="what a centred pad fills with")
     preset.add_argument("--interpolation", type=_interpolation, help="SHRINK,ENLARGE or one of " +
                         "/".join(INTERPOLATIONS))
-    preset.add_argument("--mean", type=_triple)
-    preset.add_argument("--std", type=_triple)
+    preset.add_argument("--precision", choices=PRECISIONS, help="the pixels a resize runs on")
+    preset.add_argument("--mean", type=_numbers(3))
+    preset.add_argument("--std", type=_numbers(3))
     preset.add_argument("--frames", type=int)
     preset.add_argument("--stride", type=int)
     preset.add_argument("--clips", type=int)
@@ -724,8 +753,9 @@ def add_arguments(parser) -> None:
     preset.add_argument("--tta", type=_optional(str), help="hflip, or none")
 
 
-OVERRIDE_FLAGS = ("size", "margin", "resize", "resize_to", "interpolation", "mean", "std", "frames", "stride",
-                  "clips", "box", "aggregation", "video_score", "tta")
+OVERRIDE_FLAGS = ("size", "margin", "margin_sides", "margin_of", "margin_cut", "resize", "resize_to", "rounding",
+                  "pad", "interpolation", "precision", "mean", "std", "frames", "stride", "clips", "box",
+                  "aggregation", "video_score", "tta")
 _UNSET = object()
 
 
@@ -765,8 +795,12 @@ def _interpolation(text: str) -> list[str]:
     return parts * 2 if len(parts) == 1 else parts
 
 
-def _triple(text: str) -> list[float]:
-    values = [float(p) for p in text.split(",")]
-    if len(values) != 3:
-        raise ValueError(text)
-    return values
+def _numbers(count: int):
+    def parse(text: str) -> list[float]:
+        values = [float(p) for p in text.split(",")]
+        if len(values) != count:
+            raise ValueError(text)
+        return values
+
+    parse.__name__ = f"{count} numbers"
+    return parse

@@ -7,6 +7,7 @@ summarised in ../shared/reference/ANCHOR_CHECKPOINTS.md), as the manifest's own 
   (`arch_kwargs`, `kind`, `input`, `positive_class`, `aggregation`, `video_score`, `tta`); `input` holds
   `weights.registry.InputSpec` fields.
 - `default_arch`: the architecture used without `--arch` (None: `--arch` is required).
+- `detector` (optional): the detector settings that team ran (`python -m weights build --detector-preset SOURCE`).
 - `fixed_positive_class`: True where the source fixes which class a 2-output head's column 1 is (\\WM/); False
   where a 2-output head needs `--positive-class` (The Medics: their class order came from `os.listdir`).
 
@@ -30,18 +31,20 @@ def _each(archs: tuple[str, ...], entry: dict) -> dict[str, dict]:
 # Training: `DeepFakeClassifier` = a whole timm `tf_efficientnet_b7_ns` (its unused 1000-class head kept) + global
 # average pool + dropout + `fc` (1 logit, sigmoid = P(FAKE)); saved from DistributedDataParallel as
 # {"epoch", "state_dict", "bce_best": numpy float64}, keys `module.encoder.*` / `module.fc.*`, no file extension.
-# Inference: MTCNN at half resolution; the box widened by h // 3 above and below and w // 3 left and right
-# (1/3 of the box per side); isotropic resize of the long side to 380 (INTER_AREA shrinking, INTER_CUBIC
-# enlarging), zero pad centred; ImageNet mean/std; 32 frames, every face of every frame pooled, "confident" rule.
+# Inference: MTCNN (thresholds 0.7, 0.8, 0.8) at half resolution; the box cut to int, widened by h // 3 above and
+# below and w // 3 left and right (1/3 of the box per side); isotropic resize of the long side to 380 with the short
+# side truncated (`int(w * scale)`), INTER_AREA shrinking, INTER_CUBIC enlarging; zero pad centred; ImageNet
+# mean/std; 32 frames, every face of every frame pooled, "confident" rule.
 # B2-B6 encoders exist too (and serve as stand-ins: --arch timm/tf_efficientnet_b0 .. b6).
 SELIMSEF = {
     "default_arch": "timm/tf_efficientnet_b7",
     "fixed_positive_class": True,
+    "detector": {"arch": "mtcnn", "min_score": 0.8, "thresholds": [0.7, 0.8, 0.8], "downscale": 0.5},
     "archs": _each(EFFICIENTNETS, {
         "arch_kwargs": {},
         "kind": "frame",
-        "input": {"size": 380, **IMAGENET, "margin": 1 / 3, "resize": "letterbox",
-                  "interpolation": ["area", "cubic"]},
+        "input": {"size": 380, **IMAGENET, "margin": 1 / 3, "margin_cut": "floor", "resize": "letterbox",
+                  "rounding": "truncate", "interpolation": ["area", "cubic"]},
         "positive_class": "FAKE",
         "aggregation": "confident",
         "video_score": "pool",
@@ -52,19 +55,21 @@ SELIMSEF = {
 # --- NTech-Lab/deepfake-detection-challenge (3rd place) --------------------------------------------------------
 # Training: EfficientNet-B7 built with lukemelas' efficientnet_pytorch 0.6.3 (pinned), 1 logit; saved as plain fp16
 # state dicts (`_conv_stem`, `_blocks.N.*`, `_fc`). The sequence model's Conv3d `_expand_conv` (5-D) has no
-# architecture here. Input: DSFD boxes scaled x1.5 about their centre (0.25 of the box per side), crops 224 high x
-# 192 wide; model 2 and the sequence model: short side resized to 224, centre crop 224 x 192 (this preset); model 1:
-# short side to 192, pad to 224 x 192, centre crop (import it with --resize-to 192). ImageNet mean/std. Alternate
-# frames were flipped horizontally (not reproduced: each crop is scored once). Per video: every score sharpened
-# (|p - 0.5|^0.65), confidence-weighted, pooled over all tracks.
+# architecture here. Input: DSFD boxes scaled x1.5 about their centre in float (0.25 of the box per side), corners
+# cut to int after; crops 224 high x 192 wide, albumentations 0.4.3 (INTER_LINEAR both ways, new sides rounded);
+# model 2 and the sequence model: SmallestMaxSize(224) + CenterCrop(224, 192) (this preset); model 1:
+# SmallestMaxSize(192) + PadIfNeeded(224, 192) with its default reflecting border + CenterCrop (import it with
+# --resize-to 192 --pad reflect). ImageNet mean/std. Alternate frames were flipped horizontally (not reproduced:
+# each crop is scored once). Per video: every score sharpened (|p - 0.5|^0.65), weighted by |p - 0.5| + 1e-4 of
+# the original score, pooled over all tracks.
 NTECH = {
     "default_arch": "timm/tf_efficientnet_b7",
     "fixed_positive_class": True,
     "archs": _each(EFFICIENTNETS, {
         "arch_kwargs": {},
         "kind": "frame",
-        "input": {"size": [224, 192], **IMAGENET, "margin": 0.25, "resize": "short_side_center_crop",
-                  "resize_to": 224},
+        "input": {"size": [224, 192], **IMAGENET, "margin": 0.25, "margin_cut": "exact",
+                  "resize": "short_side_center_crop", "resize_to": 224, "interpolation": ["linear", "linear"]},
         "positive_class": "FAKE",
         "aggregation": "sharpen",
         "video_score": "pool",
@@ -77,17 +82,18 @@ NTECH = {
 # torchvision mc3_18 and r2plus1d_18, all with 2 outputs (softmax, cross-entropy). Class order from `os.listdir` of
 # FAKE and REAL folders: their comments say column 0 = FAKE, column 1 = REAL (--positive-class REAL), but the order
 # depends on the file system, so the importer requires --positive-class for every 2-output model.
-# Input: the union of the track's MTCNN boxes (margin 0), zero-padded at the bottom/right to a square, resized to
-# 256 (OpenCV linear), centre crop 224 (I3D, ResNet-34, mc3 at 224); mc3 and r(2+1)d at 112: resize to 128, centre
-# crop 112 (--size 112 --resize-to 128). Normalisation: I3D x / 255 * 2 - 1; ResNet-34 raw 0-255; mc3, r(2+1)d
-# ImageNet. Clips of 64 consecutive frames (I3D) or 32 (the others). Horizontal-flip TTA, mean across faces.
+# Input: the union of the track's MTCNN boxes (margin 0), zero-padded at the bottom/right to a square in float64,
+# resized to 256 (OpenCV linear) and cast back with astype(uint8) (truncation), centre crop 224 (I3D, ResNet-34, mc3
+# at 224); mc3 and r(2+1)d at 112: resize to 128, centre crop 112 (--size 112 --resize-to 128). Normalisation: I3D
+# x / 255 * 2 - 1; ResNet-34 raw 0-255; mc3, r(2+1)d ImageNet. Clips of 64 consecutive frames (I3D) or 32 (the
+# others). Horizontal-flip TTA, mean across faces.
 # 2D model: Cadene `se_resnext50_32x4d` as `backbone.*` + `fc` [1, 2048] (sigmoid), crops stretched to 256 x 256
 # (cubic), ImageNet; per clip the median of its frames' scores. Its crops came from the 3D pipeline's track-union
 # boxes; a frame model here crops each frame's own box (margin 0).
 _MEDICS_3D = {"kind": "clip", "positive_class": None, "aggregation": "mean", "video_score": "mean",
               "tta": ["hflip"]}
 _MEDICS_3D_INPUT = {"size": 224, "margin": 0.0, "box": "track_union", "resize": "pad_bottom_right",
-                    "resize_to": 256, "interpolation": ["linear", "linear"], "stride": 1}
+                    "resize_to": 256, "interpolation": ["linear", "linear"], "precision": "float64", "stride": 1}
 MEDICS = {
     "default_arch": None,
     "fixed_positive_class": False,
@@ -140,15 +146,18 @@ WM = {
 # [1, 1792], 1 logit, sigmoid; released as plain state dicts. efficientnet_pytorch is unpinned (>= 0.7 bakes the
 # padding for B4's native 380 px; the faces were 224). Attention (`efficientnet.attconv.*`) and siamese-tuned
 # (`feat_ext.*`, BatchNorm1d head) variants have no architecture here. Their Xception (Cadene layout under
-# `xception.`, `last_linear` [1, 2048]) imports with --arch timm/legacy_xception. Input: BlazeFace boxes with a
-# margin of 0.2 of the box per side, isotropic resize + centred pad to 224 ("scale" policy), ImageNet mean/std
-# (all their networks). Per video: mean of the logits, then sigmoid (here: mean of the probabilities).
+# `xception.`, `last_linear` [1, 2048]) imports with --arch timm/legacy_xception. Input: BlazeFace boxes (float32)
+# with a margin of round(0.2 x the box's height), twice above and once on the other three sides, clamped, corners
+# cut to int; "scale" policy: albumentations PadIfNeeded(224, 224) (zeros, centred, only a short side) then
+# Resize(224, 224) (a stretch, INTER_LINEAR); ImageNet mean/std (all their networks). Per video: the mean of the
+# logits over frames, then sigmoid.
 _POLIMI = {
     "arch_kwargs": {},
     "kind": "frame",
-    "input": {"size": 224, **IMAGENET, "margin": 0.2, "resize": "letterbox"},
+    "input": {"size": 224, **IMAGENET, "margin": 0.2, "margin_sides": [1, 2, 1, 1], "margin_of": "height",
+              "margin_cut": "round", "resize": "pad_stretch", "interpolation": ["linear", "linear"]},
     "positive_class": "FAKE",
-    "aggregation": "mean",
+    "aggregation": "logit_mean",
     "video_score": "pool",
     "tta": [],
 }
@@ -160,3 +169,4 @@ POLIMI = {
 
 PRESETS = {"selimsef": SELIMSEF, "ntech": NTECH, "medics": MEDICS, "wm": WM, "polimi": POLIMI}
 SOURCES = (*PRESETS, "plain")
+DETECTOR_PRESETS = tuple(source for source, table in PRESETS.items() if "detector" in table)

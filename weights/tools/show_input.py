@@ -23,7 +23,7 @@ def model_input(image: np.ndarray, box: tuple[float, float, float, float], ensem
     if name not in specs:
         raise KeyError(f"{ensemble_path} has no model {name!r}; it lists {', '.join(specs)}")
     spec = specs[name]
-    face = crop(image, np.asarray(box, np.float32), ensemble.detector.margin, spec.input.margin)
+    face = crop(image, np.asarray(box, np.float32), spec.input, ensemble.detector.margin)
     if face is None:
         raise ValueError(f"the box {box} leaves less than 2 x 2 pixels inside the {image.shape[1]} x "
                          f"{image.shape[0]} image")
