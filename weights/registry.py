@@ -43,9 +43,10 @@ class InputSpec:
       it on each side). `margin_sides` (left, top, right, bottom) multiplies it per side; `margin_of` says what it
       is a fraction of: `side` (the box's width left and right, its height above and below), `height` or `width`
       (that one on all four sides). `margin_cut` says how the result becomes whole pixels: `floor` (the box's
-      corners cut to int first, then each margin floored: the 1st place's `h // 3`), `exact` (the margins added to
-      the box as they are, the corners cut after: NTech's x1.5 about the centre), `round` (the margin rounded half
-      to even before it is multiplied, the corners cut after: polimi's `round(0.2 h)`, twice above).
+      corners cut to int first, then the margin floored before its multiple: the 1st place's `h // 3`), `exact`
+      (the margins added to the box as they are, the corners cut after: NTech's x1.5 about the centre), `round`
+      (the margin rounded half to even before its multiple, the corners cut after: polimi's `round(0.2 h)`, twice
+      above).
     - `resize`: `letterbox` (isotropic to fit, centred pad), `pad_bottom_right` (zero pad to a square at the
       bottom and right, then resize), `stretch` (resize, ignoring the aspect), `pad_stretch` (a centred pad of each
       side shorter than `size`, then a stretch: albumentations' PadIfNeeded + Resize), `short_side_center_crop`
