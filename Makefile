@@ -20,7 +20,7 @@ $(INSTALLED): requirements.txt requirements-kernel.txt requirements-sources.txt 
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-$(ENSEMBLE): $(INSTALLED) $(wildcard weights/*.py weights/archs/*.py weights/tools/*.py)
+$(ENSEMBLE): $(INSTALLED) $(wildcard weights/*.py weights/archs/*.py zootools/*.py)
 	$(PY) -m weights build --out $(dir $@)
 
 demo: $(ENSEMBLE)

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     """Bootstrap, then run the runtime's command line with `argv`."""
     bundle = find_bundle()
     packages = install_bundled_wheels(bundle) if bundle is not None else None
-    return import_runtime(bundle).main(argv, packages=packages)
+    return import_runtime(bundle).main(argv, packages=packages, kaggle_input=KAGGLE_INPUT)
 
 
 if __name__ == "__main__":

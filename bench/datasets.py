@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from weights.tools.sources import shared_dir
+from zootools.sources import shared_dir
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,8 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.metrics import Scores, format_metric, format_table
-from weights.tools.sources import REPO_ROOT
+from zootools.sources import REPO_ROOT
 
-DEFAULT_HISTORY = REPO_ROOT / "artifacts" / "lb" / "history.jsonl"
 CONFIG_SUMMARY_WIDTH = 48
 
 

@@ -34,20 +34,20 @@ from bench.metrics import Scores, histogram_png, score, score_table
 from bench.ray_engine import EngineUnavailable  # ray itself is imported for --engine ray only
 from inference.pipeline import STAGES, Pipeline
 from weights import Ensemble, default_manifest, load_ensemble
-from weights.tools.sources import REPO_ROOT
+from zootools.sources import REPO_ROOT
 
 log = logging.getLogger("local_lb")
 LB_DIR = REPO_ROOT / "artifacts" / "lb"
 BLEND = "blend"
 
 
-def evaluate(videos: list[LabelledVideo], runner: Pipeline, cache: PredictionCache) -> Evaluation:
-    """Run the kernel on every video for the models the cache lacks; read the rest from the cache."""
-    ensemble, count = runner.ensemble, runner.frames_per_video
+def evaluate(videos: list[LabelledVideo], runner: Pipeline, cache: PredictionCache, frames: int) -> Evaluation:
+    """Run the kernel at `frames` per video on every video for the models the cache lacks; read the rest from the
+    cache."""
     evaluation = Evaluation(videos, [], [], [], computed=0)
     for video in tqdm(videos, desc="videos", unit="video", disable=None):
-        evaluation.add(video_scores(video.path, ensemble, count, cache,
-                                    lambda missing: runner.process(video.path, models=missing)))
+        evaluation.add(video_scores(video.path, runner.ensemble, frames, cache,
+                                    lambda missing: runner.process(video.path, frames, missing)))
     return evaluation
 
 
@@ -57,18 +57,18 @@ Scorer = Callable[[list[LabelledVideo], int], tuple[Evaluation, Ensemble]]
 @contextlib.contextmanager
 def open_engine(args: argparse.Namespace) -> Iterator[Scorer]:
     """`score(videos, frames_per_video)` -> (evaluation, ensemble) on the engine `args` choose: this process
-    (`local`, a fresh pipeline per call as before) or a pool of Ray actors (`ray`, started once for every call).
+    (`local`, one pipeline for every call) or a pool of Ray actors (`ray`, started once for every call).
 
     `--engine ray` connects first, so a missing or unreachable Ray fails before anything else
     (`EngineUnavailable`, one line)."""
     manifest = ensemble_path(args)
     cache = PredictionCache(args.cache)
     if args.engine == "local":
-        def score_locally(videos: list[LabelledVideo], frames_per_video: int) -> tuple[Evaluation, Ensemble]:
-            runner = Pipeline(manifest, frames_per_video, args.device, readers=0)
-            return evaluate(videos, runner, cache), runner.ensemble
-
-        yield score_locally
+        runner = Pipeline(manifest, args.device, readers=0)
+        try:
+            yield lambda videos, frames_per_video: (evaluate(videos, runner, cache, frames_per_video), runner.ensemble)
+        finally:
+            runner.close()
         return
     from bench.ray_engine import RayEngine
 

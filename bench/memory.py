@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bench.samples import FPS, SampleSpec, render_frames, write_video
 from weights.manifest import default_manifest
-from weights.tools.sources import REPO_ROOT
+from zootools.sources import REPO_ROOT
 
 MIB = 1 << 20
 POLL_SECONDS = 0.2
@@ -210,7 +210,8 @@ def designed_working_set(ensemble: Path, frames: int, device: str, clip: Path, e
 
     args = parse_args(["--videos", str(clip.parent), "--ensemble", str(ensemble), "--device", device,
                        "--frames-per-video", str(frames), *extra])
-    runner = Pipeline(ensemble, frames, device, args.batch_size, args.readers)
+    runner = Pipeline(ensemble, device, args.batch_size, args.readers)
+    runner.close()  # only its plan is needed: which frames it decodes, how many readers hold them
     decoded = read_video(clip, frames, runner.clip_geometries())
     frame_bytes = max(frame.nbytes for frame in decoded.frames.values())
     total = runner.readers * len(decoded.frames) * frame_bytes
@@ -281,7 +282,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.width % 2 or args.height % 2:
         parser.error("--width and --height must be even (H.264 yuv420p)")
     if not args.ensemble.is_file():
-        parser.error(f"no ensemble manifest at {args.ensemble} (build it with `python -m weights build`)")
+        parser.error(f"no ensemble manifest at {args.ensemble} (build it with `python -m zootools build`)")
     return args
 
 

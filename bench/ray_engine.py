@@ -30,7 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.lb_cache import Evaluation, PredictionCache, VideoScores, video_scores
-from weights.tools.sources import REPO_ROOT
+from zootools.sources import REPO_ROOT
 
 log = logging.getLogger("ray_engine")
 
@@ -174,7 +174,7 @@ class VideoScorer:
         from inference.pipeline import Pipeline
 
         torch.set_num_threads(cpus)
-        self.pipeline = Pipeline(Path(manifest), 32, device, readers=0, cores=cpus)
+        self.pipeline = Pipeline(Path(manifest), device, readers=0, cores=cpus)
         self.caches: dict[str, PredictionCache] = {}
         self.node = node_label()
         self.video: str | None = None
@@ -196,8 +196,7 @@ class VideoScorer:
             pipeline = self.pipeline
 
             def compute(missing: set[str]):
-                # at this call's frame count: one pool serves every count of a sweep
-                return pipeline.process(Path(path), missing, frames_per_video)
+                return pipeline.process(Path(path), frames_per_video, missing)
 
             scores = video_scores(Path(path), pipeline.ensemble, frames_per_video, cache, compute)
             return {"node": self.node, **dataclasses.asdict(scores)}
@@ -308,86 +307,73 @@ class RayEngine:
     def evaluate(self, videos, frames_per_video: int, cache: PredictionCache, ensemble) -> Evaluation:
         """Every video scored on the pool (through the cache), in the order given: what `local_lb.evaluate`
         returns, plus the videos per node and the videos that failed on every try."""
-        from ray.exceptions import RayActorError
-
-        ray = self.ray
-
-        cache_folder = str(Path(cache.folder).resolve())
-        queue = deque(range(len(videos)))
-        attempts: Counter[int] = Counter()
-        done: dict[int, VideoScores] = {}
-        failed: dict[int, str] = {}
-        nodes: Counter[str] = Counter()
-        inflight: dict[object, tuple[Actor, int]] = {}
-        alone_since = time.monotonic()
-        progress = Progress(len(videos), f"videos ({self.plan.describe()})")
-
-        def retry(index: int, reason: str) -> None:
-            attempts[index] += 1
-            if attempts[index] > self.retries:
-                failed[index] = f"failed on the Ray cluster after {attempts[index]} tries: {reason}"
-                log.warning("ray: %s %s", videos[index].path.name, failed[index])
-                progress.update(retried=sum(attempts.values()))
-            else:
-                queue.appendleft(index)
-
+        sweep = Sweep(list(videos), frames_per_video, str(Path(cache.folder).resolve()), self.retries,
+                      Progress(len(videos), f"videos ({self.plan.describe()})"))
         started = time.monotonic()
         first_ready: float | None = None
+        alone_since = started
         try:
-            while len(done) + len(failed) < len(videos):
-                for actor in self.live:
-                    while queue and len(actor.inflight) < TASKS_PER_ACTOR:
-                        index = queue.popleft()
-                        ref = actor.handle.score.remote(str(videos[index].path), frames_per_video, cache_folder)
-                        inflight[ref] = (actor, index)
-                        actor.inflight.add(ref)
+            while not sweep.finished():
+                self.dispatch(sweep)
                 if self.live:
                     alone_since = time.monotonic()
                     first_ready = first_ready or alone_since
-                elif not self.starting and not self.spawn():
-                    raise EngineUnavailable(f"every Ray actor died ({self.lost_actors} lost, no replacement left); "
-                                            f"last: {self.last_loss}")
-                elif time.monotonic() - alone_since > NO_ACTOR_TIMEOUT_S:
-                    raise EngineUnavailable(f"no Ray actor could start for {NO_ACTOR_TIMEOUT_S:.0f} s: the cluster "
-                                            f"has no room for {self.plan.describe()}")
-                waiting = [*inflight, *self.starting]
-                ready, rest = ray.wait(waiting, num_returns=1, timeout=1.0)
-                if ready and rest:  # and whatever else is done by now
-                    ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-                for ref in ready:
-                    if ref in self.starting:
-                        self.started(ref, self.starting.pop(ref))
-                        continue
-                    actor, index = inflight.pop(ref)
-                    actor.inflight.discard(ref)
-                    try:
-                        result = ray.get(ref)
-                    except RayActorError as error:  # the actor (or its node) died: its videos go elsewhere
-                        self.lose(actor, error)
-                        retry(index, one_line(error))
-                        continue
-                    except Exception as error:  # raised on the actor, e.g. the file is missing on that node
-                        retry(index, f"on {actor.node}: {one_line(error)}")
-                        continue
-                    nodes[result.pop("node")] += 1
-                    done[index] = VideoScores(**result)
-                    progress.update(actors=len(self.live), retried=sum(attempts.values()))
-                progress.refresh(actors=len(self.live))
+                else:
+                    self.check_pool(alone_since)
+                self.collect(sweep)
+                sweep.progress.refresh(actors=len(self.live))
         finally:
-            progress.close()
+            sweep.progress.close()
         now = time.monotonic()
         print(f"ray: {len(videos)} videos in {now - started:.1f} s, {now - (first_ready or started):.1f} s after the "
-              f"first actor was ready; {self.lost_actors} actors lost so far, {sum(attempts.values())} videos tried "
-              f"again, {len(failed)} failed", file=sys.stderr)
-        evaluation = Evaluation(list(videos), [], [], [], computed=0, nodes=dict(sorted(nodes.items())),
-                                failed=len(failed))
-        for index in range(len(videos)):
-            if index in done:
-                evaluation.add(done[index])
-            else:  # like the kernel's fallback: no scores, the reason as the error; not cached, so a rerun retries
-                evaluation.add(VideoScores({m.name: {"frame_scores": [], "error": failed[index], "seconds": {}}
-                                            for m in ensemble.models}, 0, {}))
-        return evaluation
+              f"first actor was ready; {self.lost_actors} actors lost so far, {sweep.retried()} videos tried "
+              f"again, {len(sweep.failed)} failed", file=sys.stderr)
+        return sweep.evaluation(ensemble)
+
+    def dispatch(self, sweep: Sweep) -> None:
+        """Hand queued videos to the live actors, up to TASKS_PER_ACTOR each."""
+        for actor in self.live:
+            while sweep.queue and len(actor.inflight) < TASKS_PER_ACTOR:
+                index = sweep.queue.popleft()
+                ref = actor.handle.score.remote(str(sweep.videos[index].path), sweep.frames, sweep.cache_folder)
+                sweep.inflight[ref] = (actor, index)
+                actor.inflight.add(ref)
+
+    def check_pool(self, alone_since: float) -> None:
+        """With no live actor: start a replacement, or give up (EngineUnavailable) when none is left or none could
+        start for NO_ACTOR_TIMEOUT_S."""
+        if not self.starting and not self.spawn():
+            raise EngineUnavailable(f"every Ray actor died ({self.lost_actors} lost, no replacement left); "
+                                    f"last: {self.last_loss}")
+        if time.monotonic() - alone_since > NO_ACTOR_TIMEOUT_S:
+            raise EngineUnavailable(f"no Ray actor could start for {NO_ACTOR_TIMEOUT_S:.0f} s: the cluster "
+                                    f"has no room for {self.plan.describe()}")
+
+    def collect(self, sweep: Sweep) -> None:
+        """Wait up to a second for results and started actors; a video whose actor died or raised is retried."""
+        from ray.exceptions import RayActorError
+
+        ready, rest = self.ray.wait([*sweep.inflight, *self.starting], num_returns=1, timeout=1.0)
+        if ready and rest:  # and whatever else is done by now
+            ready += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        for ref in ready:
+            if ref in self.starting:
+                self.started(ref, self.starting.pop(ref))
+                continue
+            actor, index = sweep.inflight.pop(ref)
+            actor.inflight.discard(ref)
+            try:
+                result = self.ray.get(ref)
+            except RayActorError as error:  # the actor (or its node) died: its videos go elsewhere
+                self.lose(actor, error)
+                sweep.retry(index, one_line(error))
+                continue
+            except Exception as error:  # raised on the actor, e.g. the file is missing on that node
+                sweep.retry(index, f"on {actor.node}: {one_line(error)}")
+                continue
+            sweep.nodes[result.pop("node")] += 1
+            sweep.done[index] = VideoScores(**result)
+            sweep.progress.update(actors=len(self.live), retried=sweep.retried())
 
     def started(self, ref, actor: Actor) -> None:
         from ray.exceptions import RayActorError
@@ -404,6 +390,55 @@ class RayEngine:
             return
         actor.node, actor.pid = info["node"], info["pid"]
         self.live.append(actor)
+
+
+@dataclasses.dataclass
+class Sweep:
+    """One `evaluate` call: the videos at one frame count, the queue, the tries, what is done, failed, in flight."""
+
+    videos: list
+    frames: int
+    cache_folder: str
+    retries: int
+    progress: Progress
+    queue: deque = dataclasses.field(default_factory=deque)
+    attempts: Counter = dataclasses.field(default_factory=Counter)
+    done: dict = dataclasses.field(default_factory=dict)       # index -> VideoScores
+    failed: dict = dataclasses.field(default_factory=dict)     # index -> why
+    nodes: Counter = dataclasses.field(default_factory=Counter)  # videos scored per node
+    inflight: dict = dataclasses.field(default_factory=dict)   # ref -> (actor, index)
+
+    def __post_init__(self):
+        self.queue.extend(range(len(self.videos)))
+
+    def finished(self) -> bool:
+        return len(self.done) + len(self.failed) == len(self.videos)
+
+    def retried(self) -> int:
+        return sum(self.attempts.values())
+
+    def retry(self, index: int, reason: str) -> None:
+        """Queue a video again at the front, or after `retries` tries give it up with the reason."""
+        self.attempts[index] += 1
+        if self.attempts[index] > self.retries:
+            self.failed[index] = f"failed on the Ray cluster after {self.attempts[index]} tries: {reason}"
+            log.warning("ray: %s %s", self.videos[index].path.name, self.failed[index])
+            self.progress.update(retried=self.retried())
+        else:
+            self.queue.appendleft(index)
+
+    def evaluation(self, ensemble) -> Evaluation:
+        """The results in the videos' order; a video that failed on every try gets no scores and its reason, like
+        the kernel's fallback (not cached, so a rerun retries it)."""
+        evaluation = Evaluation(list(self.videos), [], [], [], computed=0, nodes=dict(sorted(self.nodes.items())),
+                                failed=len(self.failed))
+        for index in range(len(self.videos)):
+            if index in self.done:
+                evaluation.add(self.done[index])
+            else:
+                evaluation.add(VideoScores({m.name: {"frame_scores": [], "error": self.failed[index], "seconds": {}}
+                                            for m in ensemble.models}, 0, {}))
+        return evaluation
 
 
 class Progress:

@@ -45,7 +45,7 @@ from inference.pipeline import STAGES, Pipeline, VideoResult
 from inference.video import find_videos, read_video
 from weights import DecodeSpec, default_manifest
 from weights.archs.blazeface import weighted_nms
-from weights.tools.sources import REPO_ROOT
+from zootools.sources import REPO_ROOT
 
 DFDC_BITRATE = 3_000_000  # DFDC's test clips: H.264 High, about 3 Mbit/s at 1080p
 KAGGLE_VIDEOS = 4000
@@ -152,19 +152,19 @@ def decode_floor(videos: list[Path], frames: int, geometries, decode: DecodeSpec
             "setups": setups}
 
 
-def sequential(runner: Pipeline, videos: list[Path]) -> dict:
+def sequential(runner: Pipeline, videos: list[Path], frames: int) -> dict:
     """One video at a time through read -> detect -> crop -> predict -> blend, nothing overlapped."""
-    runner.process(videos[0])  # warm-up: first calls allocate and place
+    runner.process(videos[0], frames)  # warm-up: first calls allocate and place
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    results = [runner.process(path) for path in videos]
+    results = [runner.process(path, frames) for path in videos]
     return _summary(results, time.perf_counter() - started, cpu_seconds() - cpu_started)
 
 
-def pipelined(runner: Pipeline, videos: list[Path]) -> dict:
+def pipelined(runner: Pipeline, videos: list[Path], frames: int) -> dict:
     """The kernel's run: readers ahead in threads, crops batched across videos."""
-    runner.process(videos[0])
+    runner.process(videos[0], frames)
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    results = [result for batch in runner.run(runner.job(path) for path in videos) for result in batch]
+    results = [result for batch in runner.run(runner.job(path, frames) for path in videos) for result in batch]
     return _summary(results, time.perf_counter() - started, cpu_seconds() - cpu_started)
 
 
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         weights = Path(shutil.copytree(args.ensemble.parent, Path(workdir.name) / "weights"))
         args.ensemble = with_untrained_models(weights / args.ensemble.name, {name: FAMILIES[name] for name in HEAVY})
     args.ensemble = with_options(args.ensemble, args.option, Path(workdir.name) / "options")
-    runner = Pipeline(args.ensemble, args.frames_per_video, args.device, args.batch_size, args.readers)
+    runner = Pipeline(args.ensemble, args.device, args.batch_size, args.readers)
     geometries = runner.clip_geometries()
 
     report = {"videos": len(videos), "megabits_per_video": megabits, "frames_per_video": args.frames_per_video,
@@ -233,20 +233,22 @@ def main(argv: list[str] | None = None) -> dict:
     report["decode"] = dataclasses.asdict(runner.ensemble.decode)
     report["detect_every"] = runner.ensemble.detector.every
     with tempfile.TemporaryDirectory() as folder:
-        eager = Pipeline(as_public_kernels(args.ensemble, Path(folder)), args.frames_per_video, args.device,
+        eager = Pipeline(as_public_kernels(args.ensemble, Path(folder)), args.device,
                          batch_size=args.frames_per_video, readers=0)
         eager.finder = TiledFinder(eager.finder.detector, eager.finder.spec, eager.accelerator, eager.batch_size)
-        report["sequential_baseline"] = sequential(eager, videos)
+        report["sequential_baseline"] = sequential(eager, videos, args.frames_per_video)
+        eager.close()
     del eager
-    alone = Pipeline(args.ensemble, args.frames_per_video, args.device, args.batch_size, readers=0)
-    report["sequential_kernel"] = sequential(alone, videos)  # every core to its inference
+    alone = Pipeline(args.ensemble, args.device, args.batch_size, readers=0)
+    report["sequential_kernel"] = sequential(alone, videos, args.frames_per_video)  # every core to its inference
+    alone.close()
     del alone
     rounds = {"decode_floor": [], "reader_floor": [], "kernel": []}
     for _ in range(max(1, args.repeat)):  # in turn, so that the machine's drift reaches all three alike
         rounds["decode_floor"].append(decode_floor(videos, args.frames_per_video, geometries,
                                                    DecodeSpec(sampling="exact")))
         rounds["reader_floor"].append(decode_floor(videos, args.frames_per_video, geometries, runner.ensemble.decode))
-        rounds["kernel"].append(pipelined(runner, videos))
+        rounds["kernel"].append(pipelined(runner, videos, args.frames_per_video))
     report.update({key: median_run(runs) for key, runs in rounds.items()})
     report["peak_rss_mib"] = peak_rss_mib()
     seconds = {key: [run["seconds_per_video"] for run in runs] for key, runs in rounds.items()}

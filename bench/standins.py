@@ -1,5 +1,5 @@
 """The default ensemble plus one untrained stand-in per DFDC team, each saved in that team's checkpoint layout and
-brought in with `python -m weights import SOURCE`, so the local leaderboard runs every source's preset end to end.
+brought in with `python -m zootools import SOURCE`, so the local leaderboard runs every source's preset end to end.
 
     python -m bench.standins --out DIR [--ensemble PATH]
     python bench/local_lb.py --set dfdc --ensemble DIR/ensemble.json
@@ -21,7 +21,7 @@ from torch import nn
 
 from bench.manifests import manifest_copy
 from weights import create_model, default_manifest
-from weights.tools.importers import import_checkpoint
+from zootools.importing import import_checkpoint
 
 
 def calibrate(model: nn.Module, *inputs: torch.Tensor) -> nn.Module:

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from inference.pipeline import STAGES, Pipeline
 from weights import InputSpec, ModelSpec, arch_config, create_model, load_ensemble, sha256_of
-from weights.tools.sources import REPO_ROOT, shared_dir
+from zootools.sources import REPO_ROOT, shared_dir
 
 # One representative configuration per family, as our users' ensembles run them: the architecture's registered
 # input (size, mean, std; timm's pretrained config for timm names), with the clip counts changed where given.
@@ -80,9 +80,10 @@ def main() -> None:
             weights = Path(shutil.copytree(args.weights, Path(folder) / "weights"))
             manifest = with_untrained_models(weights / "ensemble.json", {family: FAMILIES[family]},
                                              keep_existing=False)
-            runner = Pipeline(manifest, args.frames_per_video, args.device, readers=0)
-            runner.process(args.video)  # warm-up: first-call allocations and placement
-            runs = [runner.process(args.video).seconds for _ in range(args.repeats)]
+            runner = Pipeline(manifest, args.device, readers=0)
+            runner.process(args.video, args.frames_per_video)  # warm-up: first-call allocations and placement
+            runs = [runner.process(args.video, args.frames_per_video).seconds for _ in range(args.repeats)]
+            runner.close()
         medians = [statistics.median(run.get(stage, 0.0) for run in runs) for stage in STAGES]
         totals = statistics.median(sum(run.values()) for run in runs)
         print(f"{family:24s}" + "".join(f"{value:9.2f}" for value in (*medians, totals)))

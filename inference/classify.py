@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Executor
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -16,25 +17,45 @@ MEMORY_FORMATS = {"frame": torch.channels_last, "clip": torch.channels_last_3d, 
 CHANNEL_SHAPES = {"frame": (1, 3, 1, 1), "clip": (1, 3, 1, 1, 1), "sequence": (1, 1, 3, 1, 1)}  # see layout()
 
 
+def layout(batch: torch.Tensor, kind: str) -> torch.Tensor:
+    """Channels-last pixels -> the layout of a `kind` model (as strided views: no copy)."""
+    if kind == "frame":
+        return batch.permute(0, 3, 1, 2)          # N, 3, S, S
+    if kind == "clip":
+        return batch.permute(0, 4, 1, 2, 3)       # N, 3, T, S, S
+    return batch.permute(0, 1, 4, 2, 3)           # N, T, 3, S, S
+
+
+@lru_cache(maxsize=None)
+def scale_and_shift(mean: tuple, std: tuple, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels / 255 - mean) / std as one multiply and one add over a batch of the kind's layout."""
+    deviation = torch.tensor(std, dtype=torch.float32)
+    channels = CHANNEL_SHAPES[kind]
+    return (1 / (255 * deviation)).view(channels), (-torch.tensor(mean, dtype=torch.float32) / deviation).view(channels)
+
+
+def normalise(crops: np.ndarray, spec: ModelSpec, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """uint8 crops (or clips), channels last -> float32 (pixels / 255 - mean) / std in the model's layout."""
+    scale, shift = scale_and_shift(tuple(spec.input.mean), tuple(spec.input.std), spec.kind)
+    batch = layout(torch.from_numpy(crops), spec.kind).to(torch.float32, memory_format=memory_format)
+    return batch.mul_(scale).add_(shift)
+
+
 class Classifier:
     """One ensemble model with its input spec, turning uint8 crops (or stacks of them) into P(FAKE)."""
 
     def __init__(self, spec: ModelSpec, module: torch.nn.Module):
         self.spec = spec
         self.module = module
-        std = torch.tensor(spec.input.std, dtype=torch.float32)
-        channels = CHANNEL_SHAPES[spec.kind]
-        # (pixels / 255 - mean) / std as one multiply and one add over the batch
-        self.scale = (1 / (255 * std)).view(channels)
-        self.shift = (-torch.tensor(spec.input.mean, dtype=torch.float32) / std).view(channels)
         self.memory_format = MEMORY_FORMATS[spec.kind]
         # onnxruntime takes contiguous arrays; PyTorch modules were placed in their memory format
         self.input_format = torch.contiguous_format if isinstance(module, OnnxModule) else self.memory_format
         # A rule that reads the logit back needs P(FAKE) in float64: float32 rounds it to 1 from a logit of 17.
         self.score_dtype = torch.float64 if spec.aggregation in LOGIT_AGGREGATIONS else torch.float32
 
-    def side_by_side(self, accelerator: Accelerator) -> bool:
-        """Whether its batches may run at once: onnxruntime on the CPU, whose sessions run one thread per call."""
+    def runs_batches_at_once(self, accelerator: Accelerator) -> bool:
+        """Whether its batches may run at once on a pool's threads: onnxruntime on the CPU, whose sessions run one
+        thread per call."""
         return isinstance(self.module, OnnxModule) and accelerator.device.type == "cpu"
 
     def inputs(self, crops: TrackCrops) -> np.ndarray | None:
@@ -61,22 +82,9 @@ class Classifier:
 
     def predict_batch(self, crops: np.ndarray, accelerator: Accelerator) -> np.ndarray:
         """P(FAKE) of one batch."""
-        batch = self.normalise(crops, self.input_format)
+        batch = normalise(crops, self.spec, self.input_format)
         logit = self.logit(accelerator(self.module, batch, self.memory_format))
         return torch.sigmoid(logit.to(self.score_dtype)).numpy()
-
-    def normalise(self, crops: np.ndarray, memory_format=torch.contiguous_format) -> torch.Tensor:
-        """uint8 crops (or clips), channels last -> float32 (pixels / 255 - mean) / std in the model's layout."""
-        batch = self.layout(torch.from_numpy(crops)).to(torch.float32, memory_format=memory_format)
-        return batch.mul_(self.scale).add_(self.shift)
-
-    def layout(self, batch: torch.Tensor) -> torch.Tensor:
-        """Channels-last pixels -> the model's layout (as strided views: no copy)."""
-        if self.spec.kind == "frame":
-            return batch.permute(0, 3, 1, 2)          # N, 3, S, S
-        if self.spec.kind == "clip":
-            return batch.permute(0, 4, 1, 2, 3)       # N, 3, T, S, S
-        return batch.permute(0, 1, 4, 2, 3)           # N, T, 3, S, S
 
     def logit(self, output: torch.Tensor) -> torch.Tensor:
         """The logit of FAKE from an output of shape (N,), (N, 1) or (N, 2) (column 1 = positive_class)."""
@@ -89,19 +97,16 @@ class Classifier:
         return -logit if self.spec.positive_class == "REAL" else logit
 
 
-def score_tracks(inputs: list[TrackCrops], classifiers: list[Classifier], accelerator: Accelerator,
-                 batch_size: int, pool: Executor | None = None) -> dict[str, list[np.ndarray]]:
-    """Per model, per track, the P(FAKE) of each of its frames (or clips); empty where the track has no input.
-    `pool` runs the batches side by side where the model allows it (see Classifier.side_by_side)."""
-    scores: dict[str, list[np.ndarray]] = {}
-    for classifier in classifiers:
-        stacks = [classifier.inputs(t) for t in inputs]
-        present = [i for i, stack in enumerate(stacks) if stack is not None]
-        per_track = [np.zeros(0, np.float32) for _ in stacks]
-        if present:  # one batched run over all tracks of the video, split back per track
-            flat = classifier.predict(np.concatenate([stacks[i] for i in present]), accelerator, batch_size,
-                                      pool if classifier.side_by_side(accelerator) else None)
-            for i, part in zip(present, np.split(flat, np.cumsum([len(stacks[i]) for i in present])[:-1])):
-                per_track[i] = part
-        scores[classifier.spec.name] = per_track
-    return scores
+def score_tracks(inputs: list[TrackCrops], classifier: Classifier, accelerator: Accelerator, batch_size: int,
+                 pool: Executor | None = None) -> list[np.ndarray]:
+    """Per track, the P(FAKE) of each of its frames (or clips) by one model; empty where the track has no input.
+    `pool` runs the batches at once where the model allows it (see Classifier.runs_batches_at_once)."""
+    stacks = [classifier.inputs(t) for t in inputs]
+    present = [i for i, stack in enumerate(stacks) if stack is not None]
+    per_track = [np.zeros(0, np.float32) for _ in stacks]
+    if present:  # one batched run over all tracks, split back per track
+        flat = classifier.predict(np.concatenate([stacks[i] for i in present]), accelerator, batch_size,
+                                  pool if classifier.runs_batches_at_once(accelerator) else None)
+        for i, part in zip(present, np.split(flat, np.cumsum([len(stacks[i]) for i in present])[:-1])):
+            per_track[i] = part
+    return per_track

@@ -8,6 +8,7 @@ between.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -46,6 +47,16 @@ def downsize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if image.shape[:2] == (height, width):
         return image
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR if whole >= 1 else cv2.INTER_CUBIC)
+
+
+class FaceFinder(Protocol):
+    """What `find_sparse` runs: a whole-frame pass, and a cheaper look near guessed boxes."""
+
+    def find(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Per frame, an array (k, 5) of [x0, y0, x1, y1, score] in frame pixels, best first."""
+
+    def find_near(self, frames: list[np.ndarray], guesses: list[np.ndarray]) -> list[np.ndarray]:
+        """Per frame, the faces found near its guessed boxes (k, 5), as `find` gives them."""
 
 
 class BlazeFaceFinder:
@@ -171,7 +182,7 @@ class MTCNNFinder:
 
 
 def make_face_finder(ensemble: Ensemble, accelerator: Accelerator, batch_size: int,
-                     threads: int | None = None) -> BlazeFaceFinder | MTCNNFinder:
+                     threads: int | None = None) -> FaceFinder:
     """The manifest's detector: whole-frame BlazeFace (on onnxruntime on the CPU where exported, `threads` per
     call), or MTCNN."""
     spec = ensemble.detector
@@ -185,7 +196,8 @@ def make_face_finder(ensemble: Ensemble, accelerator: Accelerator, batch_size: i
     return BlazeFaceFinder(blazeface, spec, accelerator, batch_size)
 
 
-def find_sparse(finder, frames: list[np.ndarray], indices: list[int], every: int) -> tuple[list[np.ndarray], list[int]]:
+def find_sparse(finder: FaceFinder, frames: list[np.ndarray], indices: list[int],
+                every: int) -> tuple[list[np.ndarray], list[int]]:
     """Boxes per frame, running the whole-frame detector only on every `every`-th frame and the last. Between two
     of those whose faces pair up steadily, each face is looked for only near its box interpolated by frame index
     (`indices`; `finder.find_near`); elsewhere the frames between get whole-frame passes too, as does a frame

@@ -28,8 +28,9 @@ class Journal:
         self.fingerprint = fingerprint
         self.file = None
 
-    def resume(self) -> dict[str, dict]:
-        """Finished records by file name; a line torn by a kill is dropped, and the file rewritten without it."""
+    def read(self) -> dict[str, dict]:
+        """This run's finished records by file name (none from another run's journal); a line torn by a kill is
+        left out."""
         records: dict[str, dict] = {}
         if self.path.is_file():
             lines = self.path.read_text(errors="replace").splitlines()
@@ -41,6 +42,10 @@ class Journal:
                         records[record["filename"]] = record
             else:
                 log.warning("%s belongs to another run (manifest, frames or videos differ); starting afresh", self.path)
+        return records
+
+    def open(self, records: dict[str, dict]) -> None:
+        """Rewrite the file with the fingerprint and `records` only (what `read` kept), then open it to append."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
         with open(temporary, "w") as f:
@@ -48,7 +53,6 @@ class Journal:
             f.writelines(json.dumps(record) + "\n" for record in records.values())
         os.replace(temporary, self.path)
         self.file = open(self.path, "a")
-        return records
 
     def append(self, record: dict) -> None:
         """Record one finished video durably before it counts as done."""

@@ -45,7 +45,7 @@ class VideoResult:
     filename: str
     label: float
     frames_requested: int = 0      # what the time budget allowed this video
-    frames_read: int = 0           # key frames, evenly spaced: what detection and frame models see
+    key_frames: int = 0           # key frames, evenly spaced: what detection and frame models see
     frames_decoded: int = 0        # key frames plus the clip windows of clip and sequence models
     frames_detected: int = 0       # key frames with a whole-frame pass; the others were searched near their faces
     frame_indices: list[int] = field(default_factory=list)  # the key frames, by index in the video
@@ -101,8 +101,8 @@ class Pipeline:
     decode, detect and crop ahead while the main thread runs each model over the crops of several videos.
     """
 
-    def __init__(self, ensemble_path: Path, frames_per_video: int, device: str, batch_size: int | None = None,
-                 readers: int = 2, cores: int | None = None):
+    def __init__(self, ensemble_path: Path, device: str, batch_size: int | None = None, readers: int = 2,
+                 cores: int | None = None):
         """`readers`: the reader threads of `run`; 0 for a pipeline used only through `process`, whose inference
         then has every core to itself. `cores`: how many cores inference may use (default: the usable ones).
 
@@ -111,7 +111,6 @@ class Pipeline:
         one per core: on 2 cores, a two-thread session costs 20% more CPU time per batch than a one-thread one
         (MesoNets, batch 8), and the last videos of a run, after the readers are done, still get every core."""
         self.ensemble = load_ensemble(ensemble_path)
-        self.frames_per_video = frames_per_video
         self.accelerator = Accelerator(resolve_device(device))
         # On the CPU small batches stay in cache (one thread, per image: MesoInception4 5.7 ms at 1, 6.9 ms at 8).
         # With batches side by side, 4 costs 6% less CPU time per video than 8 and no more than 1 or 2 (2 cores).
@@ -124,47 +123,58 @@ class Pipeline:
         self.pool = ThreadPoolExecutor(self.cores, thread_name_prefix="predict")  # threads start on first use
         self.blend_weights = {m.name: m.weight for m in self.ensemble.models}
         self.readers = readers
-        # Enough videos per batch for two full batches of crops: a GPU batch of 64 at 32 frames takes 4 videos.
-        self.videos_per_batch = max(1, math.ceil(2 * self.batch_size / frames_per_video))
 
     @property
     def fallback(self) -> float:
         return self.ensemble.blend.fallback
 
-    def job(self, path: Path, models: set[str] | None = None, frames: int | None = None) -> Job:
-        """A job at the configured frame count (or `frames`)."""
-        return Job(path, frames or self.frames_per_video, frozenset(models) if models is not None else None)
+    def close(self) -> None:
+        """Stop the predict threads; the pipeline scores nothing after this."""
+        self.pool.shutdown()
 
-    def process(self, path: Path, models: set[str] | None = None, frames: int | None = None) -> VideoResult:
-        """Score one video with every model (or only those named), at the configured frame count (or `frames`);
-        any failure yields the fallback value."""
-        return self.score([self.read_and_prepare(self.job(path, models, frames))])[0]
+    def videos_per_group(self, frames: int) -> int:
+        """Videos of `frames` key frames each that make two full batches of crops: a GPU batch of 64 at 32 frames
+        takes 4 videos."""
+        return max(1, math.ceil(2 * self.batch_size / frames))
+
+    @staticmethod
+    def job(path: Path, frames: int, models: set[str] | None = None) -> Job:
+        """A job of `frames` key frames for every model (or only those named)."""
+        return Job(path, frames, frozenset(models) if models is not None else None)
+
+    def process(self, path: Path, frames: int, models: set[str] | None = None) -> VideoResult:
+        """Score one video at `frames` key frames with every model (or only those named); any failure yields the
+        fallback value."""
+        return self.score([self.read_and_prepare(self.job(path, frames, models))])[0]
 
     def run(self, jobs: Iterator[Job]) -> Iterator[list[VideoResult]]:
         """Results in job order, a batch of videos at a time; readers (decode, detect, crop) run ahead by a
         bounded number of videos, so memory stays flat.
 
-        `jobs` is consumed lazily, one job per free reader slot, so a time budget can plan each job late.
+        `jobs` is consumed lazily, one job per free reader slot, so a time budget can plan each job late; group and
+        read-ahead sizes follow the frame count of the latest job.
         """
         if self.readers < 1:
             raise ValueError("run() needs at least one reader thread; this pipeline was built with readers=0")
-        prefetch = self.readers + self.videos_per_batch
         with ThreadPoolExecutor(self.readers, thread_name_prefix="reader") as pool:
             pending: deque[Future] = deque()
             group: list[Prepared] = []
+            frames = None  # of the latest job
 
             def top_up():
-                while len(pending) < prefetch:
+                nonlocal frames
+                while frames is None or len(pending) < self.readers + self.videos_per_group(frames):
                     job = next(jobs, None)
                     if job is None:
                         return
+                    frames = job.frames
                     pending.append(pool.submit(self.read_and_prepare, job))
 
             top_up()
             while pending:
                 group.append(pending.popleft().result())
                 top_up()
-                if len(group) >= self.videos_per_batch or not pending or not pending[0].done():
+                if len(group) >= self.videos_per_group(frames) or not pending or not pending[0].done():
                     yield self.score(group)
                     group = []
 
@@ -197,7 +207,7 @@ class Pipeline:
             if decoded.error is not None:
                 raise decoded.error
             video = decoded.video
-            result.frames_read, result.frames_decoded, result.reader = len(video.keys), len(video.frames), video.reader
+            result.key_frames, result.frames_decoded, result.reader = len(video.keys), len(video.frames), video.reader
             result.frame_indices, result.sampling = video.keys, video.sampling
             with timed(result.seconds, "detect"):
                 boxes, detected = find_sparse(self.finder, [video.frames[k] for k in video.keys], video.keys,
@@ -244,8 +254,7 @@ class Pipeline:
             if not users:
                 continue
             inputs = [track for i in users for track in group[i].inputs]
-            scores = score_tracks(inputs, [classifier], self.accelerator, self.batch_size, self.pool)
-            flat = scores[classifier.spec.name]
+            flat = score_tracks(inputs, classifier, self.accelerator, self.batch_size, self.pool)
             offsets = np.cumsum([0] + [len(group[i].inputs) for i in users])
             for i, start, stop in zip(users, offsets[:-1], offsets[1:]):
                 per_video[i][classifier.spec.name] = flat[start:stop]

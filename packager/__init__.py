@@ -11,12 +11,12 @@ push    uploads the dataset (`-r zip`, so its folders are not silently dropped) 
 """
 from __future__ import annotations
 
-from pathlib import Path
+# The runtime's values, packager's modules take them from here: the repository's root, and the competition whose
+# folder Kaggle attaches the videos in.
+from inference.cli import COMPETITION  # noqa: F401
+from weights.manifest import ROOT as REPO_ROOT  # noqa: F401
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 FORMAT = 1  # bundle-manifest.json format
-
-COMPETITION = "deepfake-detection-challenge"
 DATASET_DIR, KERNEL_DIR = "dataset", "kernel"
 BUNDLE_MANIFEST = "bundle-manifest.json"
 DATASET_METADATA, KERNEL_METADATA = "dataset-metadata.json", "kernel-metadata.json"

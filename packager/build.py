@@ -82,7 +82,7 @@ def ensemble_files(manifest: Path) -> list[EnsembleFile]:
     try:
         named = load_ensemble(manifest).files()
     except WeightsError as error:
-        raise PackagingError(f"{error} (run `python -m weights build`, or give --ensemble)") from None
+        raise PackagingError(f"{error} (run `python -m zootools build`, or give --ensemble)") from None
     files: dict[str, EnsembleFile] = {}
     for label, path, digest in ((item.label, item.path, item.sha256) for item in named):
         if not isinstance(path, str) or not path or not digest:

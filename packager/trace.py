@@ -17,7 +17,7 @@ from packager import PackagingError
 
 # Offline tooling, the one list of it: if the trace ever finds one of these, the runtime has started importing
 # tooling.
-TOOLING = ("weights/tools/*", "*__main__.py", "bench/*", "tests/*", "packager/*", "conftest.py")
+TOOLING = ("zootools/*", "*__main__.py", "bench/*", "tests/*", "packager/*", "conftest.py")
 SKIPPED_DIRS = {"site-packages", "dist-packages", "venv", "node_modules"}
 MARKER = "PACKAGER_TRACE "
 

@@ -16,10 +16,8 @@ With `--image FILE` (the Kaggle image's `pip list --format=freeze`) the venv is 
 machine's pip configuration and network, with the image's versions of the pins the image has (the image's other
 versions constrain their dependencies); then the network is blocked, and the kernel must install what differs.
 
-The network block: `unshare --net` (or `unshare -rn`, user namespaces) when this machine allows it, checked by
-a connect() to public addresses that must fail; otherwise a sitecustomize.py in the venv that refuses every
-non-loopback connect and name lookup. pip's configuration (index URLs, find-links, constraints of this
-machine) is switched off with PIP_CONFIG_FILE=/dev/null, so only the bundle's wheels can be installed.
+The network block is packager.sandbox's: `unshare --net` where this machine allows it, else a sitecustomize.py
+in the venv; pip's configuration is switched off there, so only the bundle's wheels can be installed.
 """
 from __future__ import annotations
 
@@ -32,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,70 +46,15 @@ from packager import (
     PackagingError,
 )
 from packager.manifest import check_files, sha256_file
-from packager.wheels import _unsatisfied, canonical_name, read_image_packages, read_pins, requirement_name
+from packager.sandbox import Sandbox
+from packager.wheels import (
+    canonical_name,
+    read_image_packages,
+    read_pins,
+    requirement_name,
+    unsatisfied_requirements,
+)
 from weights.manifest import BUNDLED_ENSEMBLE, default_manifest
-
-PROBE_ADDRESSES = (("1.1.1.1", 443), ("8.8.8.8", 53), ("151.101.0.223", 443))  # Cloudflare, Google, PyPI
-PROBE = r"""
-import socket, sys
-errors = []
-for host, port in %r:
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as error:
-        errors.append(f"{host}:{port} {error}")
-    else:
-        print(f"connected to {host}:{port}")
-        sys.exit(3)
-try:
-    socket.getaddrinfo("pypi.org", 443)
-    lookup = "pypi.org resolves"
-except OSError as error:
-    lookup = f"pypi.org does not resolve ({error})"
-print("blocked: " + "; ".join(errors) + "; " + lookup)
-""" % (PROBE_ADDRESSES,)
-
-SITECUSTOMIZE = '''"""Written by `python -m packager verify`: no network in this venv (Kaggle's internet is off)."""
-import ipaddress
-import socket
-
-_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
-BLOCKED = "network blocked by packager verify (Kaggle runs this kernel with the internet off)"
-
-
-def _local(address):
-    if not isinstance(address, tuple):
-        return True  # AF_UNIX paths
-    host = address[0]
-    try:
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def connect(self, address):
-    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address):
-        raise OSError(101, BLOCKED)
-    return _connect(self, address)
-
-
-def connect_ex(self, address):
-    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address):
-        return 101
-    return _connect_ex(self, address)
-
-
-def getaddrinfo(host, *args, **kwargs):
-    if host not in (None, "localhost") and not _local((host,)):
-        raise socket.gaierror(socket.EAI_NONAME, BLOCKED)
-    return _getaddrinfo(host, *args, **kwargs)
-
-
-socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
-'''
-
-PASS_THROUGH_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
-                    "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "LD_LIBRARY_PATH")
 
 
 @dataclass
@@ -132,93 +74,6 @@ class VerifyOptions:
 
 def log(message: str) -> None:
     print(f"packager verify: {message}", flush=True)
-
-
-# ---------------------------------------------------------------------------------------------- network block
-
-def _probe(command: list[str], env: dict | None = None) -> tuple[bool, str]:
-    try:
-        process = subprocess.run([*command, "-c", PROBE], capture_output=True, text=True, env=env, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return False, str(error)
-    output = (process.stdout + process.stderr).strip()
-    return process.returncode == 0 and output.startswith("blocked"), output
-
-
-def unshare_prefix() -> list[str] | None:
-    """`unshare --net` or `unshare -rn` if either runs here and really cuts the network off; else None."""
-    unshare = shutil.which("unshare")
-    if not unshare:
-        return None
-    for prefix in ([unshare, "--net"], [unshare, "-rn"]):
-        blocked, _ = _probe([*prefix, sys.executable])
-        if blocked:
-            return prefix
-    return None
-
-
-def install_sitecustomize(venv: Path) -> Path:
-    purelib = subprocess.run([str(venv_python(venv)), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    path = Path(purelib) / "sitecustomize.py"
-    path.write_text(SITECUSTOMIZE)
-    return path
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def clean_env(work: Path, venv: Path, extra: dict | None = None) -> dict:
-    """A Kaggle-like environment: no pip configuration of this machine, no user site, no PYTHONPATH."""
-    env = {
-        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin", "HOME": str(work / "home"),
-        "TMPDIR": str(work / "tmp"), "LANG": "C.UTF-8", "VIRTUAL_ENV": str(venv),
-        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1",
-        "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
-    }
-    env.update({k: os.environ[k] for k in PASS_THROUGH_ENV if k in os.environ})
-    env.update(extra or {})
-    (work / "home").mkdir(parents=True, exist_ok=True)
-    (work / "tmp").mkdir(parents=True, exist_ok=True)
-    return env
-
-
-class Sandbox:
-    """A fresh venv plus the way to run things in it with the network blocked."""
-
-    def __init__(self, work: Path, python: str, isolation: str = "auto",
-                 seed: Callable[[Sandbox], None] | None = None):
-        """`seed` runs in the new venv with the network, before the network is blocked."""
-        self.work, self.venv = work, work / "venv"
-        self.env = clean_env(work, self.venv)
-        self.prefix: list[str] = []
-        if isolation in ("auto", "unshare"):
-            self.prefix = unshare_prefix() or []
-            if not self.prefix and isolation == "unshare":
-                raise PackagingError("unshare cannot block the network on this machine")
-        self.method = " ".join(Path(self.prefix[0]).name if i == 0 else a for i, a in enumerate(self.prefix)) \
-            or "sitecustomize"
-        started = time.perf_counter()
-        process = self.run([python, "-m", "venv", str(self.venv)], capture_output=True, text=True)
-        if process.returncode != 0:
-            raise PackagingError(f"python -m venv {self.venv} failed:\n{process.stderr[-3000:]}")
-        if seed:
-            seed(self)
-        if not self.prefix:
-            install_sitecustomize(self.venv)
-        blocked, detail = _probe([*self.prefix, str(venv_python(self.venv))], env=self.env)
-        if not blocked:
-            raise PackagingError(f"could not block the network for the verify run ({self.method}): {detail}")
-        log(f"fresh venv {self.venv} in {time.perf_counter() - started:.1f} s; network blocked ({self.method}): "
-            f"{detail}")
-
-    @property
-    def python(self) -> str:
-        return str(venv_python(self.venv))
-
-    def run(self, command: list[str], env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.prefix, *command], env={**self.env, **(env or {})}, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -280,7 +135,7 @@ def check_offline_resolution(sandbox: Sandbox, dist: Path, manifest: dict,
     if process.returncode != 0:
         files = {canonical_name(w["name"]): w["file"] for w in manifest.get("wheels", [])}
         named = []
-        for requirement in _unsatisfied(process.stderr):
+        for requirement in unsatisfied_requirements(process.stderr):
             expected = files.get(requirement_name(requirement))
             named.append(f"{requirement} (missing wheel {DATASET_DIR}/{WHEELS_DIR}/{expected})" if expected
                          else f"{requirement} (no wheel for it in the bundle manifest either)")
@@ -311,7 +166,8 @@ def seed_image(sandbox: Sandbox, image: dict[str, str | None], pins: list[bootst
                                  capture_output=True, text=True, env=env)
         if process.returncode == 0:
             break
-        unavailable = {requirement_name(r) for r in _unsatisfied(process.stderr)} & (seeds.keys() | constraints.keys())
+        missing = {requirement_name(r) for r in unsatisfied_requirements(process.stderr)}
+        unavailable = missing & (seeds.keys() | constraints.keys())
         if not unavailable:
             raise PackagingError(f"could not install the image's versions into {sandbox.venv}:\n"
                                  f"{process.stderr[-3000:]}")
@@ -409,87 +265,142 @@ def installed_distributions(sandbox: Sandbox) -> dict[str, str]:
     return {canonical_name(d["name"]): d["version"] for d in json.loads(process.stdout or "[]")}
 
 
-def verify(options: VerifyOptions) -> dict:
-    """Raise PackagingError naming what is wrong; return a summary dict when the bundle passes."""
+def check_bundle(dist: Path, image: Path | None) -> dict:
+    """Step 1, the cheap checks: the files against the bundle manifest, the metadata, one wheel per pin, and an
+    image list given where the bundle leaves pins to the image. Returns the manifest."""
     started = time.perf_counter()
-    dist = options.dist.resolve()
     manifest = check_files(dist)
     log(f"{len(manifest['files'])} files match {DATASET_DIR}/bundle-manifest.json "
         f"({time.perf_counter() - started:.1f} s)")
     check_metadata(dist, manifest)
     left_to_image = manifest.get("left_to_image", {})
-    if left_to_image and options.image is None:
+    if left_to_image and image is None:
         raise PackagingError(f"the bundle leaves {', '.join(sorted(left_to_image))} to the image it was built for: "
                              "verify it with --image FILE (that image's package list)")
+    return manifest
+
+
+def resolve_offline(dist: Path, manifest: dict, pins: list[bootstrap.Pin], image: dict[str, str | None] | None,
+                    python: str, isolation: str, work: Path, summary: dict) -> tuple[Sandbox, dict[str, str]]:
+    """Step 2: a fresh venv (seeded with the image's versions, if any), network blocked, and in it pip's offline
+    dry-run install of what the kernel would install. Returns the sandbox and {name: version} seeded."""
+    seed = functools.partial(seed_image, image=image, pins=pins) if image else None
+    sandbox = Sandbox(work, python, isolation, seed=seed, log=log)
+    seeded = installed_distributions(sandbox) if image else {}
+    summary["isolation"] = sandbox.method
+    summary["resolved"] = check_offline_resolution(sandbox, dist, manifest, seeded or None)
+    return sandbox, seeded
+
+
+def check_reference_ensemble(options: VerifyOptions, dist: Path) -> Path:
+    """Before any run, that step 4's local run can be compared: its ensemble is the bundled one. Returns it."""
+    reference_ensemble = (options.ensemble or default_manifest()).resolve()
+    bundled_ensemble = dist / DATASET_DIR / BUNDLED_ENSEMBLE
+    if not reference_ensemble.is_file():
+        raise PackagingError(f"reference ensemble {reference_ensemble} is missing: give --ensemble (the one "
+                             f"the bundle was built from, or {bundled_ensemble})")
+    if reference_ensemble.read_bytes() != bundled_ensemble.read_bytes():
+        raise PackagingError(f"the bundle holds another ensemble than {reference_ensemble}: give verify the "
+                             "--ensemble the bundle was built with")
+    if sha256_file(options.repo / "kernel.py") != sha256_file(dist / KERNEL_DIR / "kernel.py"):
+        log(f"note: {options.repo / 'kernel.py'} changed since the build; the reference run uses the new one")
+    return reference_ensemble
+
+
+@dataclass
+class KernelRuns:
+    """What steps 3 and 4 ran side by side: the bundled kernel's output and working/, the local run's exit and log."""
+    bundle_output: str
+    working: Path
+    reference_code: int
+    reference_output: str
+
+
+def run_on_kaggle_paths(options: VerifyOptions, dist: Path, manifest: dict, sandbox: Sandbox, work: Path,
+                        reference_ensemble: Path, summary: dict) -> KernelRuns:
+    """Step 3: the bundled kernel.py with no arguments on Kaggle's paths, offline in the sandbox, with step 4's
+    local run of the repository's kernel.py on the same videos alongside; the bundled kernel must succeed."""
+    videos = options.videos.resolve() if options.videos else sample_videos(work / "videos")
+    input_dir, working, competition = lay_out_input(work, dist, manifest["dataset_id"], videos)
+    runner = work / "kernel-run"
+    runner.mkdir()
+    shutil.copyfile(dist / KERNEL_DIR / "kernel.py", runner / "kernel.py")
+    device_env = {"CUDA_VISIBLE_DEVICES": ""} if options.device == "cpu" else {}
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("KAGGLE_") and k not in ("DEEPFAKE_ENSEMBLE", "PYTHONPATH")}
+    bundle_run = functools.partial(
+        timed_run, [sandbox.python, str(runner / "kernel.py")], work / "bundle-run.log", sandbox.run,
+        env={"KAGGLE_INPUT": str(input_dir), "KAGGLE_WORKING": str(working), **device_env}, cwd=working)
+    reference_run = functools.partial(
+        timed_run, [sys.executable, str(options.repo / "kernel.py"), "--videos", str(competition / "test_videos"),
+                    "--ensemble", str(reference_ensemble), "--out", str(work / "reference.csv")],
+        work / "reference-run.log", env={**env, **device_env}, cwd=work)
+    # Both at once: the offline install is mostly one core of unzipping, the reference run the other cores.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        bundle_future, reference_future = pool.submit(bundle_run), pool.submit(reference_run)
+        (code, output, summary["bundle_seconds"]) = bundle_future.result()
+        (ref_code, ref_output, summary["reference_seconds"]) = reference_future.result()
+    if code != 0:
+        raise PackagingError(f"the bundled kernel failed offline in the fresh venv (exit {code}); "
+                             f"last lines of {work / 'bundle-run.log'}:\n{output[-4000:]}")
+    return KernelRuns(output, working, ref_code, ref_output)
+
+
+def check_installed_pins(sandbox: Sandbox, dist: Path, manifest: dict, pins: list[bootstrap.Pin],
+                         seeded: dict[str, str], summary: dict) -> dict[str, str]:
+    """Step 5: every pin as the kernel left it is one kernel.py keeps, and nothing else is in the venv.
+    Returns {name: version} installed."""
+    installed = installed_distributions(sandbox)
+    bundled = {canonical_name(w["name"]): w["version"] for w in manifest["wheels"]}
+    check_pins_honoured(dist, installed, bundled, seeded)
+    summary["packages"] = {pin.name: installed.get(canonical_name(pin.name)) for pin in pins}
+    return installed
+
+
+def compare_with_reference(runs: KernelRuns, installed: dict[str, str], seeded: dict[str, str], work: Path,
+                           tolerance: float, summary: dict) -> dict[str, float]:
+    """Step 4: both runs reported, and every row of the bundle's submission within `tolerance` of the local run's.
+    Returns the bundle's rows."""
+    for line in runs.bundle_output.splitlines():
+        if line.startswith("package "):
+            log(f"  {line}")
+    log(f"bundled kernel: offline install of {len(set(installed.items()) - set(seeded.items()))} distributions "
+        f"and the run took {summary['bundle_seconds']:.1f} s")
+    bundle_rows = read_submission(runs.working / "submission.csv")
+    if runs.reference_code != 0:
+        raise PackagingError(f"the local reference run failed (exit {runs.reference_code}):\n"
+                             f"{runs.reference_output[-4000:]}")
+    log(f"local reference run: {summary['reference_seconds']:.1f} s (alongside)")
+    reference_rows = read_submission(work / "reference.csv")
+    summary["max_difference"] = compare(bundle_rows, reference_rows, tolerance)
+    summary["rows"] = bundle_rows
+    for name in sorted(bundle_rows):
+        log(f"  {name}: bundle {bundle_rows[name]:.6f}  local {reference_rows[name]:.6f}")
+    return bundle_rows
+
+
+def verify(options: VerifyOptions) -> dict:
+    """Raise PackagingError naming what is wrong; return a summary dict when the bundle passes."""
+    started = time.perf_counter()
+    dist = options.dist.resolve()
+    manifest = check_bundle(dist, options.image)
     image = read_image_packages(options.image) if options.image else None
     python = find_python(manifest["python_version"])
     work = Path(options.work or tempfile.mkdtemp(prefix="packager-verify-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     summary = {"files": len(manifest["files"]), "work": str(work)}
     try:
-        pins = bootstrap.read_pins(dist / DATASET_DIR / "requirements.txt")
-        seed = functools.partial(seed_image, image=image, pins=pins) if image else None
-        sandbox = Sandbox(work, python, options.isolation, seed=seed)
-        seeded = installed_distributions(sandbox) if image else {}
-        summary["isolation"] = sandbox.method
-        summary["resolved"] = check_offline_resolution(sandbox, dist, manifest, seeded or None)
+        pins = read_pins(dist / DATASET_DIR / "requirements.txt")
+        sandbox, seeded = resolve_offline(dist, manifest, pins, image, python, options.isolation, work, summary)
         if options.check_only:
             log(f"checks passed in {time.perf_counter() - started:.1f} s (--check-only: the kernel was not run)")
             return summary
-
-        reference_ensemble = (options.ensemble or default_manifest()).resolve()
-        bundled_ensemble = dist / DATASET_DIR / BUNDLED_ENSEMBLE
-        if not reference_ensemble.is_file():
-            raise PackagingError(f"reference ensemble {reference_ensemble} is missing: give --ensemble (the one "
-                                 f"the bundle was built from, or {bundled_ensemble})")
-        if reference_ensemble.read_bytes() != bundled_ensemble.read_bytes():
-            raise PackagingError(f"the bundle holds another ensemble than {reference_ensemble}: give verify the "
-                                 "--ensemble the bundle was built with")
-        if sha256_file(options.repo / "kernel.py") != sha256_file(dist / KERNEL_DIR / "kernel.py"):
-            log(f"note: {options.repo / 'kernel.py'} changed since the build; the reference run uses the new one")
-
-        videos = options.videos.resolve() if options.videos else sample_videos(work / "videos")
-        input_dir, working, competition = lay_out_input(work, dist, manifest["dataset_id"], videos)
-        runner = work / "kernel-run"
-        runner.mkdir()
-        shutil.copyfile(dist / KERNEL_DIR / "kernel.py", runner / "kernel.py")
-        device_env = {"CUDA_VISIBLE_DEVICES": ""} if options.device == "cpu" else {}
-
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("KAGGLE_") and k not in ("DEEPFAKE_ENSEMBLE", "PYTHONPATH")}
-        bundle_run = functools.partial(
-            timed_run, [sandbox.python, str(runner / "kernel.py")], work / "bundle-run.log", sandbox.run,
-            env={"KAGGLE_INPUT": str(input_dir), "KAGGLE_WORKING": str(working), **device_env}, cwd=working)
-        reference_run = functools.partial(
-            timed_run, [sys.executable, str(options.repo / "kernel.py"), "--videos", str(competition / "test_videos"),
-                        "--ensemble", str(reference_ensemble), "--out", str(work / "reference.csv")],
-            work / "reference-run.log", env={**env, **device_env}, cwd=work)
-        # Both at once: the offline install is mostly one core of unzipping, the reference run the other cores.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            bundle_future, reference_future = pool.submit(bundle_run), pool.submit(reference_run)
-            (code, output, summary["bundle_seconds"]) = bundle_future.result()
-            (ref_code, ref_output, summary["reference_seconds"]) = reference_future.result()
-        if code != 0:
-            raise PackagingError(f"the bundled kernel failed offline in the fresh venv (exit {code}); "
-                                 f"last lines of {work / 'bundle-run.log'}:\n{output[-4000:]}")
-        installed = installed_distributions(sandbox)
-        bundled = {canonical_name(w["name"]): w["version"] for w in manifest["wheels"]}
-        check_pins_honoured(dist, installed, bundled, seeded)
-        summary["packages"] = {pin.name: installed.get(canonical_name(pin.name)) for pin in pins}
-        for line in output.splitlines():
-            if line.startswith("package "):
-                log(f"  {line}")
-        log(f"bundled kernel: offline install of {len(set(installed.items()) - set(seeded.items()))} distributions "
-            f"and the run took {summary['bundle_seconds']:.1f} s")
-        bundle_rows = read_submission(working / "submission.csv")
-        if ref_code != 0:
-            raise PackagingError(f"the local reference run failed (exit {ref_code}):\n{ref_output[-4000:]}")
-        log(f"local reference run: {summary['reference_seconds']:.1f} s (alongside)")
-        reference_rows = read_submission(work / "reference.csv")
-        summary["max_difference"] = compare(bundle_rows, reference_rows, options.tolerance)
-        summary["rows"] = bundle_rows
-        for name in sorted(bundle_rows):
-            log(f"  {name}: bundle {bundle_rows[name]:.6f}  local {reference_rows[name]:.6f}")
+        reference_ensemble = check_reference_ensemble(options, dist)
+        runs = run_on_kaggle_paths(options, dist, manifest, sandbox, work, reference_ensemble, summary)
+        # Step 5 before step 4's comparison: a wrong install explains any difference in the predictions.
+        installed = check_installed_pins(sandbox, dist, manifest, pins, seeded, summary)
+        bundle_rows = compare_with_reference(runs, installed, seeded, work, options.tolerance, summary)
         log(f"passed: {len(bundle_rows)} predictions equal the local run (max difference "
             f"{summary['max_difference']:.1e}) in {time.perf_counter() - started:.1f} s")
         return summary

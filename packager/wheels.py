@@ -110,8 +110,8 @@ def _pip(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env, **kwargs)
 
 
-def _unsatisfied(stderr: str) -> list[str]:
-    """The requirements pip says it found no (binary) distribution for."""
+def unsatisfied_requirements(stderr: str) -> list[str]:
+    """The requirements pip's error output (`stderr`) says it found no (binary) distribution for, sorted."""
     names = re.findall(r"No matching distribution found for (\S+)", stderr)
     names += re.findall(r"Could not find a version that satisfies the requirement (\S+)", stderr)
     return sorted(set(n.rstrip(";") for n in names))
@@ -182,7 +182,7 @@ def resolve(requirements: list[str], python_version: str, index_args: list[str],
                         *target_args(python_version, platforms), *index_args, "--report", str(report),
                         *requirements])
         if process.returncode != 0 or not report.is_file():
-            missing = _unsatisfied(process.stderr)
+            missing = unsatisfied_requirements(process.stderr)
             detail = "\n".join(line for line in process.stderr.splitlines() if line.startswith("ERROR"))
             if missing:
                 raise PackagingError(

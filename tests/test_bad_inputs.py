@@ -37,7 +37,7 @@ from tests.bad_inputs import (
     make_fifo_case,
     make_not_utf8_case,
 )
-from weights.tools.sources import REPO_ROOT
+from zootools.sources import REPO_ROOT
 
 KERNEL = Path(kernel.__file__).resolve()
 KERNEL_TIMEOUT_S = 180  # the bad-input run takes about 25 s on this 2-core CPU

@@ -15,8 +15,8 @@ from weights import DetectorSpec
 from weights.archs.blazeface import BlazeFaceDetector, blazeface_anchors, weighted_nms
 from weights.checkpoint import WeightsError, load_checkpoint
 from weights.registry import create_model
-from weights.tools.convert_tflite import TFLiteConversionError, convert_blazeface
-from weights.tools.sources import read_blazeface_tflite
+from zootools.convert_tflite import TFLiteConversionError, convert_blazeface
+from zootools.sources import read_blazeface_tflite
 
 VARIANTS = ("front", "back")
 

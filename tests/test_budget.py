@@ -130,7 +130,7 @@ def test_slow_model_run_degrades_and_finishes_inside_the_budget(small_videos, en
     dropped = [e for e in entries if e["budget_level"] == 2 and not e["fallback"]]
     assert len(dropped) >= 3 and all("mesoinception4_df" not in e["model_scores"] for e in dropped)
     skipped = [e for e in entries if e["skipped"]]
-    assert all(e["fallback"] and "time budget" in e["error"] and e["frames_read"] == 0 for e in skipped)
+    assert all(e["fallback"] and "time budget" in e["error"] and e["key_frames"] == 0 for e in skipped)
 
 
 @pytest.mark.slow

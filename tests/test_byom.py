@@ -13,7 +13,7 @@ from bench.standins import calibrate
 from tests.helpers import run_kernel
 from tests.test_importers import DeepFakeClassifier, PolimiEfficientNet, lukemelas_b0, save_selimsef, seeded
 from weights import create_model, load_ensemble
-from weights.tools.importers import import_checkpoint
+from zootools.importing import import_checkpoint
 
 pytestmark = pytest.mark.slow
 

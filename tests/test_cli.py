@@ -41,8 +41,8 @@ def test_faces_found_in_synthetic_videos(sample_run):
     _, report = sample_run
     for name in ("face_1080p.mp4", "face_portrait.mp4"):
         entry = report[name]
-        assert entry["frames_read"] == 8
-        assert sum(n >= 1 for n in entry["faces_per_frame"]) >= 0.9 * entry["frames_read"], entry
+        assert entry["key_frames"] == 8
+        assert sum(n >= 1 for n in entry["faces_per_frame"]) >= 0.9 * entry["key_frames"], entry
         assert not entry["fallback"] and set(entry["model_scores"]) == {
             "meso4_df", "meso4_f2f", "mesoinception4_df", "mesoinception4_f2f"}
         assert set(entry["seconds"]) == set(STAGES)
@@ -63,7 +63,7 @@ def test_real_dfdc_clips_faces_in_90_percent_of_frames(shared, ensemble_path, tm
     assert set(rows) == names and len(names) == 4
     for name in names:
         entry = report[name]
-        assert entry["frames_read"] == 32 and entry["reader"] == "pyav"
+        assert entry["key_frames"] == 32 and entry["reader"] == "pyav"
         found = sum(n >= 1 for n in entry["faces_per_frame"])
         assert found >= 0.9 * 32, f"{name}: faces in only {found}/32 frames"
         assert len(entry["track_lengths"]) == 1, entry["track_lengths"]  # one person per clip: one track
@@ -113,20 +113,20 @@ def test_a_broken_run_loop_still_writes_every_row(small_videos, ensemble_path, t
 
 # ---------------------------------------------------------------------------------------------- command line
 
-def test_kaggle_defaults(tmp_path, monkeypatch):
+def test_kaggle_defaults(tmp_path):
     competition = tmp_path / "deepfake-detection-challenge"
     (competition / "test_videos").mkdir(parents=True)
     (competition / "sample_submission.csv").write_text("filename,label\n")
-    monkeypatch.setattr(inference.cli, "KAGGLE_COMPETITION", competition)
-    args = parse_args([])
+    args = parse_args([], kaggle_input=tmp_path)  # kernel.py's KAGGLE_INPUT
     assert args.videos == competition / "test_videos"
     assert args.out == inference.cli.KAGGLE_OUTPUT == Path("/kaggle/working/submission.csv")
     assert args.sample_submission == competition / "sample_submission.csv"
     assert args.frames_per_video == 32 and args.device == "auto"
 
 
-def test_videos_are_required_off_kaggle(tmp_path, monkeypatch):
-    monkeypatch.setattr(inference.cli, "KAGGLE_COMPETITION", tmp_path / "absent")
+def test_videos_are_required_off_kaggle(tmp_path):
+    with pytest.raises(SystemExit):
+        parse_args([], kaggle_input=tmp_path / "absent")
     with pytest.raises(SystemExit):
         parse_args([])
 

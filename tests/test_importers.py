@@ -1,4 +1,4 @@
-"""`python -m weights import`: each team's checkpoint, written in that team's exact layout with the team's own
+"""`python -m zootools import`: each team's checkpoint, written in that team's exact layout with the team's own
 library (random weights, BatchNorm statistics from one training-mode pass so outputs depend on the input), imports,
 loads strictly and gives the source module's outputs; what has no architecture here, or would run code, is refused
 in one line and writes nothing."""
@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import weights.__main__
+import zootools.__main__
 from bench.standins import calibrate
 from weights import create_model, load_ensemble
-from weights.tools.importers import (
+from zootools.importing import (
     ImportRefused,
     baked_padding_differences,
     import_checkpoint,
@@ -464,7 +464,7 @@ def test_wrong_efficientnet_variant_says_which(tmp_path, manifest):
 
 
 def test_missing_manifest_is_refused(tmp_path):
-    with pytest.raises(ImportRefused, match=r"not found.*python -m weights build"):
+    with pytest.raises(ImportRefused, match=r"not found.*python -m zootools build"):
         import_checkpoint("wm", tmp_path / "any.pth", ensemble=tmp_path / "nowhere" / "ensemble.json")
 
 
@@ -487,7 +487,7 @@ def test_a_checkpoint_cut_short_is_refused_in_one_line(tmp_path, manifest, capsy
     with pytest.raises(ImportRefused, match="cut short or damaged"):
         read_checkpoint(cut)
     with pytest.raises(SystemExit) as stop:
-        weights.__main__.main(["import", "plain", str(cut), "--arch", "meso4", "--ensemble", str(manifest)])
+        zootools.__main__.main(["import", "plain", str(cut), "--arch", "meso4", "--ensemble", str(manifest)])
     assert "cut short" in str(stop.value) and "\n" not in str(stop.value) and "Traceback" not in str(stop.value)
     for source in (whole, legacy):  # cut anywhere: a refusal, never another exception
         data = source.read_bytes()
@@ -499,7 +499,7 @@ def test_a_checkpoint_cut_short_is_refused_in_one_line(tmp_path, manifest, capsy
 
 def test_cli_flags_override_the_preset(tmp_path, manifest, capsys):
     path = save_selimsef(tmp_path / "final_b0", DeepFakeClassifier())
-    weights.__main__.main([
+    zootools.__main__.main([
         "import", "selimsef", str(path), "--name", "flags", "--arch", "timm/tf_efficientnet_b0", "--ensemble",
         str(manifest), "--size", "224x192", "--margin", "none", "--resize", "short_side_center_crop", "--resize-to",
         "192", "--interpolation", "linear", "--aggregation", "median", "--video-score", "none", "--tta", "hflip",
@@ -511,7 +511,7 @@ def test_cli_flags_override_the_preset(tmp_path, manifest, capsys):
     assert (entry["aggregation"], entry["video_score"], entry["tta"], entry["weight"]) == (
         "median", None, ["hflip"], 0.5)
     assert "margin: the detector's" in capsys.readouterr().out
-    weights.__main__.main([
+    zootools.__main__.main([
         "import", "selimsef", str(path), "--name", "polimi_like", "--arch", "timm/tf_efficientnet_b0",
         "--ensemble", str(manifest), "--margin", "0.2", "--margin-sides", "1,2,1,1", "--margin-of", "height",
         "--margin-cut", "round", "--resize", "pad_stretch", "--rounding", "round", "--pad", "reflect",
@@ -529,7 +529,7 @@ def test_cli_refusal_exits_with_the_reason(tmp_path, manifest, capsys):
     path = tmp_path / "mc3.model"
     torch.save(create_model("mc3_18", num_classes=2).state_dict(), path)
     with pytest.raises(SystemExit, match="refused: .*--positive-class"):
-        weights.__main__.main(["import", "medics", str(path), "--arch", "mc3_18", "--ensemble", str(manifest)])
+        zootools.__main__.main(["import", "medics", str(path), "--arch", "mc3_18", "--ensemble", str(manifest)])
 
 
 # --- the command line on a built ensemble ---------------------------------------------------------------------------
@@ -543,7 +543,7 @@ def test_cli_imports_into_a_built_ensemble(ensemble_path, tmp_path, capsys):
     path = save_selimsef(tmp_path / "final_111_DeepFakeClassifier_tf_efficientnet_b0_ns_0_36", source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        weights.__main__.main(["import", "selimsef", str(path), "--name", "x", "--arch", "timm/tf_efficientnet_b0",
+        zootools.__main__.main(["import", "selimsef", str(path), "--name", "x", "--arch", "timm/tf_efficientnet_b0",
                                "--ensemble", str(manifest)])
     printed = capsys.readouterr().out
     assert "tensors loaded: 360" in printed and "encoder.classifier.*" in printed

@@ -27,16 +27,20 @@ def small_videos(tmp_path_factory) -> Path:
 def test_journal_drops_a_torn_line_and_appends_after_it(tmp_path):
     path = tmp_path / "run.progress.jsonl"
     journal = Journal(path, {"run": 1})
-    assert journal.resume() == {}
+    assert journal.read() == {}
+    journal.open({})
     journal.append({"filename": "a.mp4", "label": 0.2})
     journal.file.write('{"filename": "b.mp4", "la')  # killed mid-write
     journal.file.close()
     again = Journal(path, {"run": 1})
-    assert again.resume() == {"a.mp4": {"filename": "a.mp4", "label": 0.2}}
+    finished = again.read()
+    assert finished == {"a.mp4": {"filename": "a.mp4", "label": 0.2}}
+    again.open(finished)
+    assert len(path.read_text().splitlines()) == 2  # the torn line is gone from the file too
     again.append({"filename": "b.mp4", "label": 0.7})
     again.close(finished=False)
-    assert set(Journal(path, {"run": 1}).resume()) == {"a.mp4", "b.mp4"}
-    assert Journal(path, {"run": 2}).resume() == {}  # another run's journal is not reused
+    assert set(Journal(path, {"run": 1}).read()) == {"a.mp4", "b.mp4"}
+    assert Journal(path, {"run": 2}).read() == {}  # another run's journal is not reused
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 from packager.trace import is_tooling
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("inference", "weights", "blending", "bench", "packager", "tests")
+PACKAGES = ("inference", "weights", "zootools", "blending", "bench", "packager", "tests")
 
 
 def module_name(path: Path) -> str:
@@ -83,8 +83,10 @@ def test_nothing_but_tests_imports_tests(graph):
 
 
 def test_the_layers_hold_what_they_should(graph):
-    assert layer("weights.tools.build") == layer("bench.local_lb") == layer("packager.build") == "tooling"
-    assert layer("weights.__main__") == "tooling" and layer("weights.manifest") == "zoo"
+    assert layer("zootools.build") == layer("bench.local_lb") == layer("packager.build") == "tooling"
+    assert layer("zootools.__main__") == layer("zootools.importing.reading") == "tooling"
+    assert layer("weights.manifest") == "zoo"
+    assert not [path for path in (REPO / "weights").rglob("*.py") if is_tooling(path.relative_to(REPO).as_posix())]
     assert layer("inference.pipeline") == layer("kernel") == "runtime"
     assert {"inference.pipeline", "weights"} <= graph["inference.cli"] | graph["inference.pipeline"]
 

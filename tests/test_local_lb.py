@@ -112,10 +112,19 @@ def test_fitted_blend_beats_or_equals_equal_weights(shared, ensemble_path, lb_di
 
 
 @pytest.mark.slow
-def test_tune_sweeps_frames_and_chooses_a_clamp(ensemble_path, lb_dirs, tmp_path, capsys):
+def test_tune_sweeps_frames_and_chooses_a_clamp(ensemble_path, lb_dirs, tmp_path, capsys, monkeypatch):
+    built = []
+    real_pipeline = local_lb.Pipeline
+
+    def pipeline(*args, **kwargs):  # one pipeline, its models loaded once, serves every frame count of the sweep
+        built.append(args)
+        return real_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(local_lb, "Pipeline", pipeline)
     png = tmp_path / "frames.png"
-    assert tune.main(["--set", "dfdc", "--ensemble", str(ensemble_path), "--frames", "4,8",
-                      "--cache", str(lb_dirs["cache"]), "--png", str(png), "--folds", "4"]) == 0
+    assert tune.main(["--set", "dfdc", "--ensemble", str(ensemble_path), "--frames", "4,6,8",
+                      "--cache", str(tmp_path / "cache"), "--png", str(png), "--folds", "4"]) == 0
+    assert len(built) == 1
     out = capsys.readouterr().out
     assert "frames  log loss" in out and "cross-validation over videos" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from weights import WeightsError, load_ensemble
-from weights.tools import export_onnx
-from weights.tools.sources import MESONET_FILES
+from zootools import export_onnx
+from zootools.sources import MESONET_FILES
 
 
 @pytest.fixture

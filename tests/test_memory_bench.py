@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import memory
-from weights.tools.sources import REPO_ROOT
+from zootools.sources import REPO_ROOT
 
 TINY = ["--width", "640", "--height", "360", "--seconds", "1", "--frames-per-video", "8", "--distinct", "2"]
 

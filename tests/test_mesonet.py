@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from weights.checkpoint import WeightsError, load_checkpoint
 from weights.registry import create_model
-from weights.tools.convert_keras import convert_mesonet
-from weights.tools.sources import MESONET_FILES, mesonet_dir, shared_dir
+from zootools.convert_keras import convert_mesonet
+from zootools.sources import MESONET_FILES, mesonet_dir, shared_dir
 
 # Every test reads the published Keras files and faces: in ../shared (or $MESONET_WEIGHTS, $DEEPFAKE_SHARED).
 pytestmark = pytest.mark.shared

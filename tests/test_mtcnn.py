@@ -29,9 +29,9 @@ from weights.archs.mtcnn import (
 )
 from weights.checkpoint import WeightsError, load_checkpoint
 from weights.registry import create_model
-from weights.tools.convert_tflite import convert_blazeface
-from weights.tools.convert_torch import MTCNN_NETS, TorchConversionError, bundle_mtcnn, convert_mtcnn
-from weights.tools.sources import read_blazeface_tflite, read_mtcnn_state
+from zootools.convert_tflite import convert_blazeface
+from zootools.convert_torch import MTCNN_NETS, TorchConversionError, bundle_mtcnn, convert_mtcnn
+from zootools.sources import read_blazeface_tflite, read_mtcnn_state
 
 # The reference photos are 128 x 128 with faces of 12-25 px, near MTCNN's 20 px minimum: the tests upscale them
 # (x2 for 1face / 3faces, x4 for the ~12 px faces of 4faces) with bicubic interpolation.
@@ -338,9 +338,9 @@ def test_face_finder_takes_the_three_thresholds_and_downscale_from_the_manifest(
 
 
 def test_the_first_places_detector_preset():
-    """`python -m weights build --detector-preset selimsef`: MTCNN at half size with their thresholds."""
+    """`python -m zootools build --detector-preset selimsef`: MTCNN at half size with their thresholds."""
     from weights.manifest import DetectorSpec
-    from weights.tools.build import detector_settings
+    from zootools.build import detector_settings
 
     settings = detector_settings(None, "selimsef")
     assert settings == {"arch": "mtcnn", "min_score": 0.8, "thresholds": [0.7, 0.8, 0.8], "downscale": 0.5}

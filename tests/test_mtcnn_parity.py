@@ -19,8 +19,8 @@ from PIL import Image
 
 from weights.archs.mtcnn import MTCNNDetector
 from weights.registry import create_model
-from weights.tools.convert_torch import MTCNN_NETS, convert_mtcnn
-from weights.tools.sources import read_mtcnn_state
+from zootools.convert_torch import MTCNN_NETS, convert_mtcnn
+from zootools.sources import read_mtcnn_state
 
 facenet_pytorch = pytest.importorskip("facenet_pytorch")
 

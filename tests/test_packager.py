@@ -31,8 +31,9 @@ from packager.build import copy_ensemble, ensemble_files, prepare_out
 from packager.credentials import credential_reason
 from packager.manifest import check_files, read_manifest, sha256_file, write_manifest
 from packager.push import push
+from packager.sandbox import PROBE, install_sitecustomize, unshare_prefix, venv_python
 from packager.trace import TOOLING, is_tooling
-from packager.verify import PROBE, VerifyOptions, install_sitecustomize, unshare_prefix, venv_python, verify
+from packager.verify import VerifyOptions, verify
 from packager.wheels import (
     PLATFORMS,
     available_versions,
@@ -50,7 +51,7 @@ SECRET = '{"username": "someone", "key": "0123456789abcdef0123456789abcdef"}'
 
 
 RUNTIME_PACKAGES = ("inference", "weights", "blending")
-TOOLING_PACKAGES = ("bench", "packager", "tests")
+TOOLING_PACKAGES = ("zootools", "bench", "packager", "tests")
 
 
 def tooling_files(root: Path) -> list[str]:
@@ -249,7 +250,7 @@ def test_runtime_code_is_traced_and_holds_no_tooling(bundle, repo_snapshot):
                    "weights/onnx_runtime.py", "weights/manifest.py", "blending/__init__.py", "blending/blend.py"):
         assert module in bundled
     tooling_in_source = tooling_files(repo_snapshot)
-    for package in ("weights/tools/", "bench/", "packager/", "tests/"):  # every kind of tooling is in the source...
+    for package in ("zootools/", "bench/", "packager/", "tests/"):  # every kind of tooling is in the source...
         assert any(path.startswith(package) for path in tooling_in_source), (package, TOOLING)
     for tooling in tooling_in_source:
         assert tooling not in bundled  # ...and none of it is bundled
@@ -262,10 +263,11 @@ def test_runtime_code_is_traced_and_holds_no_tooling(bundle, repo_snapshot):
 def test_bundled_code_imports_without_the_tooling(bundle, tmp_path):
     """The runtime packages import from the bundle alone (not the repository), and the tooling is absent."""
     dataset = bundle / "dataset"
-    # the tooling modules inside the runtime packages (bench/ and the like are not packages of the bundle)
-    tooling = [path[:-len(".py")].replace("/", ".") for path in tooling_files(REPO_ROOT)
-               if path.split("/")[0] in RUNTIME_PACKAGES]
-    assert "weights.tools.build" in tooling and "weights.tools.export_onnx" in tooling
+    # the model zoo's tooling, beside the zoo (none is left inside a runtime package)
+    tooling = [path[:-len(".py")].replace("/", ".").removesuffix(".__init__") for path in tooling_files(REPO_ROOT)
+               if path.split("/")[0] == "zootools"]
+    assert "zootools.build" in tooling and "zootools.importing.reading" in tooling
+    assert not [path for path in tooling_files(REPO_ROOT) if path.split("/")[0] in RUNTIME_PACKAGES]
     # No site (-S): this venv's editable install of the repository would serve what the bundle lacks. Its
     # site-packages are added as a plain folder, as an image without the repository has them.
     site_packages = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})

@@ -1,5 +1,5 @@
 """Each source's preset against that team's own preprocessing (tests/team_reference.py: their arithmetic with the
-libraries they called), on real faces of ../shared/data: what `python -m weights show-input` gives the model must
+libraries they called), on real faces of ../shared/data: what `python -m zootools show-input` gives the model must
 be their input, pixel for pixel where both make the same OpenCV call."""
 from __future__ import annotations
 

@@ -31,8 +31,8 @@ def small_videos(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_read_ahead_is_bounded(small_videos, ensemble_path, monkeypatch):
-    """Readers never hold more than `readers + videos_per_batch` decoded videos: memory stays flat."""
-    runner = Pipeline(ensemble_path, 8, "cpu", readers=2)
+    """Readers never hold more than `readers + videos_per_group` decoded videos: memory stays flat."""
+    runner = Pipeline(ensemble_path, "cpu", readers=2)
     state = {"decoded": 0, "peak": 0}
     real_read, real_prepare = runner.read, runner.prepare
 
@@ -50,20 +50,20 @@ def test_read_ahead_is_bounded(small_videos, ensemble_path, monkeypatch):
     monkeypatch.setattr(runner, "read", read)
     monkeypatch.setattr(runner, "prepare", prepare)
     videos, _ = find_videos(small_videos)
-    results = [r for batch in runner.run(runner.job(path) for path in videos) for r in batch]
+    results = [r for batch in runner.run(runner.job(path, 8) for path in videos) for r in batch]
     assert [r.filename for r in results] == [p.name for p in videos]
-    assert state["peak"] <= runner.readers + runner.videos_per_batch
+    assert state["peak"] <= runner.readers + runner.videos_per_group(8)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("videos_per_batch", [1, 4])
-def test_pipelined_run_equals_the_sequential_path(small_videos, ensemble_path, videos_per_batch):
+@pytest.mark.parametrize("batch_size", [4, 16])
+def test_pipelined_run_equals_the_sequential_path(small_videos, ensemble_path, batch_size):
     """Read-ahead and cross-video batching change nothing: every frame score within 1e-6 of one-at-a-time."""
-    runner = Pipeline(ensemble_path, 8, "cpu")
+    runner = Pipeline(ensemble_path, "cpu", batch_size=batch_size)
+    assert runner.videos_per_group(8) == batch_size // 4  # groups of 1 and of 4 videos
     videos, _ = find_videos(small_videos)
-    sequential = [runner.process(path) for path in videos]
-    runner.videos_per_batch = videos_per_batch
-    pipelined = [r for batch in runner.run(runner.job(path) for path in videos) for r in batch]
+    sequential = [runner.process(path, 8) for path in videos]
+    pipelined = [r for batch in runner.run(runner.job(path, 8) for path in videos) for r in batch]
     assert [r.filename for r in pipelined] == [r.filename for r in sequential]
     assert sum(not r.fallback for r in sequential) == 9
     for one, many in zip(sequential, pipelined):
@@ -76,7 +76,7 @@ def test_pipelined_run_equals_the_sequential_path(small_videos, ensemble_path, v
 
 @pytest.mark.slow
 def test_readers_detect_and_crop_while_the_main_thread_predicts(small_videos, ensemble_path, monkeypatch):
-    runner = Pipeline(ensemble_path, 8, "cpu")
+    runner = Pipeline(ensemble_path, "cpu")
     threads = {"detect": set(), "predict": set()}
     real_find, real_predict = runner.finder.find, Classifier.predict
 
@@ -91,7 +91,7 @@ def test_readers_detect_and_crop_while_the_main_thread_predicts(small_videos, en
     monkeypatch.setattr(runner.finder, "find", find)
     monkeypatch.setattr(Classifier, "predict", predict)
     videos, _ = find_videos(small_videos)
-    results = [r for batch in runner.run(runner.job(path) for path in videos) for r in batch]
+    results = [r for batch in runner.run(runner.job(path, 8) for path in videos) for r in batch]
     assert sum(not r.fallback for r in results) == 9
     assert threads["detect"] and all(name.startswith("reader") for name in threads["detect"])
     assert threads["predict"] == {threading.main_thread().name}
@@ -101,13 +101,13 @@ def test_readers_share_the_cores_and_the_classifiers_run_batches_side_by_side(en
     assert usable_cpus() == len(os.sched_getaffinity(0))
     monkeypatch.setattr(inference.pipeline, "usable_cpus", lambda: 8)
     for readers, threads in ((3, 2), (1, 4), (0, 8), (8, 1)):
-        runner = Pipeline(ensemble_path, 8, "cpu", readers=readers)
+        runner = Pipeline(ensemble_path, "cpu", readers=readers)
         assert {c.module.threads for c in runner.classifiers} == {1} and runner.cores == 8
         assert runner.finder.detector.network.threads == threads
-    runner = Pipeline(ensemble_path, 8, "cpu", readers=2, cores=3)
+    runner = Pipeline(ensemble_path, "cpu", readers=2, cores=3)
     assert runner.cores == 3 and runner.finder.detector.network.threads == 1
     # Two batches of a model must be in its session at once: a barrier of two passes only then.
-    runner = Pipeline(ensemble_path, 8, "cpu", readers=0, cores=2)
+    runner = Pipeline(ensemble_path, "cpu", readers=0, cores=2)
     together, real_forward, threads = threading.Barrier(2, timeout=10), OnnxModule.forward, set()
 
     def forward(module, batch):
@@ -125,7 +125,7 @@ def test_readers_share_the_cores_and_the_classifiers_run_batches_side_by_side(en
     assert len(threads) == 2 and all(name.startswith("predict") for name in threads)
     np.testing.assert_array_equal(side_by_side[runner.classifiers[0].spec.name][0], one_by_one[0])
     with pytest.raises(ValueError, match="at least one reader"):
-        next(Pipeline(ensemble_path, 8, "cpu", readers=0).run(iter([])))
+        next(Pipeline(ensemble_path, "cpu", readers=0).run(iter([])))
 
 
 POISON = 7
@@ -133,8 +133,7 @@ POISON = 7
 
 @pytest.mark.slow
 def test_a_video_that_breaks_its_batch_costs_only_its_own_row(small_videos, ensemble_path, monkeypatch):
-    runner = Pipeline(ensemble_path, 8, "cpu")
-    runner.videos_per_batch = 4
+    runner = Pipeline(ensemble_path, "cpu", batch_size=16)  # groups of 4 videos at 8 frames
     videos, _ = find_videos(small_videos)
     real_predict = Classifier.predict
 
@@ -155,7 +154,7 @@ def test_a_video_that_breaks_its_batch_costs_only_its_own_row(small_videos, ense
 
     monkeypatch.setattr(Classifier, "predict", predict)
     monkeypatch.setattr(runner, "prepare", prepare)
-    results = {r.filename: r for batch in runner.run(runner.job(path) for path in videos) for r in batch}
+    results = {r.filename: r for batch in runner.run(runner.job(path, 8) for path in videos) for r in batch}
     assert len(results) == 10
     assert results["clip_02.mp4"].fallback and "poisoned" in results["clip_02.mp4"].error
     assert all(not r.fallback for name, r in results.items() if name not in ("clip_02.mp4", "empty.mp4"))
@@ -233,14 +232,14 @@ def test_the_report_says_which_frames_were_read_and_which_detected(sample_videos
     from inference.video import sample_indices
 
     steady = write_video(tmp_path / "steady.mp4", render_frames(SampleSpec("steady.mp4", 512, 512, 1), 60), 512, 512)
-    runner = Pipeline(ensemble_path, 16, "cpu", readers=0)
-    sparse = runner.process(steady)
-    assert sparse.sampling == "reference" and len(sparse.frame_indices) == sparse.frames_read == 16
+    runner = Pipeline(ensemble_path, "cpu", readers=0)
+    sparse = runner.process(steady, 16)
+    assert sparse.sampling == "reference" and len(sparse.frame_indices) == sparse.key_frames == 16
     assert sparse.frames_detected == 5 and sparse.faces_per_frame == [1] * 16  # 0, 4, 8, 12, 15: the rest carried
-    fast = runner.process(sample_videos["face_1080p.mp4"])  # the face crosses the frame in 2 s: every frame seen
+    fast = runner.process(sample_videos["face_1080p.mp4"], 16)  # the face crosses the frame in 2 s: every frame seen
     assert fast.frames_detected == 16 and fast.faces_per_frame == [1] * 16
     exact_manifest = with_options(ensemble_path, ["decode.sampling=exact", "detector.every=1"], tmp_path)
-    exact = Pipeline(exact_manifest, 16, "cpu", readers=0).process(steady)
+    exact = Pipeline(exact_manifest, "cpu", readers=0).process(steady, 16)
     assert exact.sampling == "exact" and exact.frame_indices == sample_indices(60, 16)
     assert exact.frames_detected == 16 and exact.faces_per_frame == [1] * 16
     assert abs(exact.label - sparse.label) < 0.05

@@ -22,7 +22,7 @@ import pytest
 
 from bench import blend_fit, local_lb, ray_engine, tune
 from packager.trace import is_tooling, trace_runtime_modules
-from weights.tools.sources import REPO_ROOT
+from zootools.sources import REPO_ROOT
 
 RAY = Path(sys.executable).with_name("ray")
 # every Ray address stays 127.0.0.1; no token authentication (a loopback-only cluster of one test session; with a

@@ -1,4 +1,4 @@
-"""`python -m weights show-input`: exactly the input the pipeline gives a model for one face box."""
+"""`python -m zootools show-input`: exactly the input the pipeline gives a model for one face box."""
 from __future__ import annotations
 
 import shutil
@@ -15,7 +15,7 @@ from inference.device import Accelerator
 from inference.tracks import Track
 from inference.video import DecodedVideo
 from weights import load_ensemble
-from weights.tools.show_input import model_input, show_input
+from zootools.show_input import model_input, show_input
 
 EXTRA = {
     "ntech_like": dict(arch="meso4", input={"size": [224, 192], "margin": 0.25, "resize": "short_side_center_crop",
@@ -83,7 +83,7 @@ def test_show_input_writes_the_array_and_the_picture(manifest, image, tmp_path):
 
 
 def test_the_command_line_writes_both_files_and_names_a_bad_box(manifest, image, tmp_path, capsys):
-    from weights.__main__ import main
+    from zootools.__main__ import main
 
     source = tmp_path / "frame.png"
     cv2.imwrite(str(source), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))

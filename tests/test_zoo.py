@@ -16,7 +16,7 @@ from tests.helpers import run_kernel
 from weights import InputSpec, load_ensemble, sha256_of
 from weights.onnx_runtime import LAYOUTS
 from weights.registry import IMAGENET, KINETICS
-from weights.tools.export_onnx import export_onnx
+from zootools.export_onnx import export_onnx
 
 pytestmark = pytest.mark.slow  # each test runs the kernel on real or synthetic videos, some with 3D models
 
@@ -47,7 +47,7 @@ def test_mixed_ensemble_runs_end_to_end(shared, mixed_ensemble, tmp_path, videos
     for name, entry in report.items():
         assert not entry["fallback"], (name, entry["error"])
         assert set(entry["model_scores"]) == models and None not in entry["model_scores"].values(), entry
-        assert entry["frames_decoded"] > entry["frames_read"]  # the clip windows were decoded too
+        assert entry["frames_decoded"] > entry["key_frames"]  # the clip windows were decoded too
         assert 0.01 <= rows[name] <= 0.99
 
 
@@ -96,7 +96,7 @@ def test_mtcnn_detector_option_runs_the_kernel(shared, ensemble_path, tmp_path):
     data["detector"].update(arch="mtcnn", checkpoint="mtcnn.safetensors", min_score=0.7,
                             sha256=sha256_of(folder / "mtcnn.safetensors"))
     manifest.write_text(json.dumps(data))
-    assert isinstance(Pipeline(manifest, 8, "cpu").finder, MTCNNFinder)
+    assert isinstance(Pipeline(manifest, "cpu").finder, MTCNNFinder)
     rows, report = run_kernel(shared / "data" / "dfdc_sample", tmp_path, manifest, "--frames-per-video", "8")
     assert len(rows) == 4
     for name, entry in report.items():

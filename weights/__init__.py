@@ -1,7 +1,7 @@
 """The model zoo: registered architectures, strict checkpoint loading and the ensemble manifest.
 
 Importing the package registers every architecture (as timm's `models/__init__` does). Runtime modules only
-are imported here; the conversion tooling (`weights.tools`) is not.
+are imported here; the conversion tooling (`zootools`) is not.
 """
 from weights import archs  # noqa: F401  (registers the architectures)
 from weights.checkpoint import WeightsError, load_checkpoint, sha256_of

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -19,7 +21,7 @@ from weights.registry import MODEL_KINDS, ArchConfig, InputSpec, arch_config, cr
 
 FORMAT_VERSION = 2
 ROOT = Path(__file__).resolve().parents[1]  # the repository, or the offline bundle's dataset folder
-BUILD_DIR = ROOT / "artifacts" / "weights"  # where `python -m weights build` writes the default ensemble
+BUILD_DIR = ROOT / "artifacts" / "weights"  # where `python -m zootools build` writes the default ensemble
 BUNDLED_ENSEMBLE = Path("ensemble") / "ensemble.json"  # where the packager puts the manifest in a bundle
 FILE_FIELDS = (("checkpoint", "sha256"), ("onnx", "onnx_sha256"))  # (file key, its hash key) in any entry
 
@@ -261,7 +263,7 @@ def load_ensemble(path: Path) -> Ensemble:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise WeightsError(f"ensemble manifest not found: {path} (run `python -m weights build`)") from None
+        raise WeightsError(f"ensemble manifest not found: {path} (run `python -m zootools build`)") from None
     except json.JSONDecodeError as error:
         raise WeightsError(f"ensemble manifest {path} is not valid JSON: {error}") from None
     if data.get("format") != FORMAT_VERSION:
@@ -290,6 +292,11 @@ def _model_spec(entry: dict) -> ModelSpec:
     return _parse(ModelSpec, {"kind": config.kind, **entry, "input": spec_input})
 
 
+def as_tuples(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec's fields from JSON: its lists become the tuples the specs hold."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+
+
 def _parse(spec_class, entry: dict):
-    """A spec from its JSON object: JSON lists become the tuples the specs hold."""
-    return spec_class(**{key: tuple(value) if isinstance(value, list) else value for key, value in entry.items()})
+    """A spec from its JSON object."""
+    return spec_class(**as_tuples(entry))

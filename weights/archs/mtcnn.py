@@ -53,10 +53,6 @@ RESAMPLE = Image.Resampling.BICUBIC
 Forward = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, ...]]
 
 
-def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    return (pixels - PIXEL_MEAN) * PIXEL_SCALE
-
-
 def _flatten_transposed(x: torch.Tensor) -> torch.Tensor:
     """N x C x H x W -> N x (W*H*C): the ported dense layers expect the original (Caffe) width-major order."""
     return x.permute(0, 3, 2, 1).flatten(1)
@@ -419,11 +415,6 @@ class MTCNNDetector:
     def from_model(cls, model: MTCNN, **kwargs) -> MTCNNDetector:
         """A detector over the networks of an `mtcnn` bundle (e.g. from `Ensemble.build_detector()`)."""
         return cls(model.pnet, model.rnet, model.onet, **kwargs)
-
-    @property
-    def modules(self) -> tuple[nn.Module, nn.Module, nn.Module]:
-        """The modules handed to `forward`: stage 1 (PNet inside), RNet, ONet."""
-        return self.proposals, self.rnet, self.onet
 
     def detect(self, frames: list[np.ndarray], forward: Forward | None = None,
                downscale: float | None = None) -> list[np.ndarray]:

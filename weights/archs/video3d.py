@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.layers import get_same_padding
 from torch import nn
 from torchvision.models import video
 
@@ -51,21 +52,14 @@ I3D_BN_MOMENTUM = 0.01
 I3D_POOL_FRAMES = 2
 
 
-def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow 'SAME' padding (before, after) for one dimension; the odd pixel goes after."""
-    if size % stride == 0:
-        total = max(kernel - stride, 0)
-    else:
-        total = max(kernel - size % stride, 0)
-    return total // 2, total - total // 2
-
-
 def pad_same(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
-    """Zero-pad an N x C x T x H x W tensor so a window of `kernel` and `stride` gives ceil(size / stride)."""
+    """Zero-pad an N x C x T x H x W tensor with TensorFlow's 'SAME' padding (timm's, per dimension; the odd pixel
+    after), so a window of `kernel` and `stride` gives ceil(size / stride)."""
     pads: list[int] = []
     # F.pad takes the last dimension first: (W before, W after, H before, H after, T before, T after).
     for size, k, s in reversed(list(zip(x.shape[2:], kernel, stride))):
-        pads.extend(tf_same_padding(size, k, s))
+        total = get_same_padding(size, k, s, 1)
+        pads.extend((total // 2, total - total // 2))
     return F.pad(x, pads)
 
 

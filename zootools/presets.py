@@ -1,4 +1,4 @@
-"""What `python -m weights import SOURCE` writes into a manifest entry, one table per source (data only).
+"""What `python -m zootools import SOURCE` writes into a manifest entry, one table per source (data only).
 
 Each table says how that team's models were built and fed (from their published training and inference code,
 summarised in ../shared/reference/ANCHOR_CHECKPOINTS.md), as the manifest's own fields:
@@ -7,7 +7,7 @@ summarised in ../shared/reference/ANCHOR_CHECKPOINTS.md), as the manifest's own 
   (`arch_kwargs`, `kind`, `input`, `positive_class`, `aggregation`, `video_score`, `tta`); `input` holds
   `weights.registry.InputSpec` fields.
 - `default_arch`: the architecture used without `--arch` (None: `--arch` is required).
-- `detector` (optional): the detector settings that team ran (`python -m weights build --detector-preset SOURCE`).
+- `detector` (optional): the detector settings that team ran (`python -m zootools build --detector-preset SOURCE`).
 - `fixed_positive_class`: True where the source fixes which class a 2-output head's column 1 is (\\WM/); False
   where a 2-output head needs `--positive-class` (The Medics: their class order came from `os.listdir`).
 
@@ -16,9 +16,9 @@ table: its entry is the architecture's registered defaults.
 """
 from __future__ import annotations
 
-IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-SYMMETRIC = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # x / 255 * 2 - 1
-RAW_PIXELS = {"mean": [0.0, 0.0, 0.0], "std": [1 / 255, 1 / 255, 1 / 255]}  # 0-255, unnormalised
+from weights.registry import IMAGENET, SYMMETRIC
+
+RAW_PIXELS = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}  # 0-255, unnormalised
 
 EFFICIENTNETS = tuple(f"timm/tf_efficientnet_b{n}" for n in range(8))
 

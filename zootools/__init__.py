@@ -1,2 +1,2 @@
 """Offline tooling of the model zoo: the published weights' sources, their converters, the default build and
-the ONNX export. The runtime never imports it; `python -m weights` runs it."""
+the ONNX export. The runtime never imports it; `python -m zootools` runs it."""

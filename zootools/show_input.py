@@ -1,4 +1,4 @@
-"""`python -m weights show-input NAME IMAGE --box X0,Y0,X1,Y1 --out PREFIX`: exactly what a model receives for one
+"""`python -m zootools show-input NAME IMAGE --box X0,Y0,X1,Y1 --out PREFIX`: exactly what a model receives for one
 face box in one image, cut and resized by the runtime's own code, to check a model's preprocessing by eye."""
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
-from inference.classify import Classifier
+from inference.classify import normalise
 from inference.crops import crop, fit
 from weights.manifest import load_ensemble
 
@@ -29,7 +28,7 @@ def model_input(image: np.ndarray, box: tuple[float, float, float, float], ensem
                          f"{image.shape[0]} image")
     pixels = fit(face, spec.input)
     batch = pixels[None] if spec.kind == "frame" else np.repeat(pixels[None], spec.input.frames, axis=0)[None]
-    chw = Classifier(spec, torch.nn.Identity()).normalise(batch)[0].numpy()
+    chw = normalise(batch, spec)[0].numpy()
     return chw, pixels
 
 

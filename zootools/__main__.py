@@ -1,4 +1,4 @@
-"""`python -m weights build`: convert the published weights and write the default ensemble manifest;
+"""`python -m zootools build`: convert the published weights and write the default ensemble manifest;
 `export-onnx`: export a manifest model to ONNX; `import`: bring a DFDC team's checkpoint into a manifest;
 `show-input`: what a model receives for one face box (docs/bring-your-own-model.md)."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 from weights.checkpoint import WeightsError
 from weights.manifest import BUILD_DIR, default_manifest
-from weights.tools import importers
-from weights.tools.presets import DETECTOR_PRESETS
-from weights.tools.sources import REPO_ROOT, mesonet_dir
+from zootools.importing import cli as import_cli
+from zootools.presets import DETECTOR_PRESETS
+from zootools.sources import REPO_ROOT, mesonet_dir
 
 
 def box_argument(text: str) -> tuple[float, float, float, float]:
@@ -25,8 +25,25 @@ def box_argument(text: str) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
+OWN_LOGGERS = ("zootools", "weights")
+
+
+def configure_logging(log_file: Path | None) -> None:
+    """The tooling's own lines on the terminal, the libraries' only from warnings up; everything, the libraries'
+    INFO chatter too (onnxscript's constant folding: 90 lines a build), in `log_file`."""
+    terminal = logging.StreamHandler()
+    terminal.addFilter(lambda record: record.name.split(".")[0] in OWN_LOGGERS or record.levelno >= logging.WARNING)
+    terminal.setFormatter(logging.Formatter("%(message)s"))
+    handlers: list[logging.Handler] = [terminal]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="a"))
+        handlers[-1].setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m weights")
+    parser = argparse.ArgumentParser(prog="python -m zootools")
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", help="convert BlazeFace and MesoNet weights, write ensemble.json")
     build_cmd.add_argument("--out", type=Path, default=BUILD_DIR)
@@ -45,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                             help="ensemble manifest (default: $DEEPFAKE_ENSEMBLE, else the built one)")
     export_cmd.add_argument("--opset", type=int, default=18)
     import_cmd = commands.add_parser("import", help="import a DFDC team's checkpoint (strict load, its preset)")
-    importers.add_arguments(import_cmd)
+    import_cli.add_arguments(import_cmd)
     show_cmd = commands.add_parser("show-input", help="write exactly what a model receives for one face box")
     show_cmd.add_argument("name", help="the model's name in the manifest")
     show_cmd.add_argument("image", type=Path, help="an image (a video frame saved as PNG or JPEG)")
@@ -58,34 +75,35 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command in ("export-onnx", "show-input"):
         args.ensemble = args.ensemble or default_manifest()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log_folder = args.out if args.command == "build" else args.ensemble.parent if args.ensemble else None
+    configure_logging(log_folder / "zootools.log" if log_folder else None)
 
     # tooling imports (tflite, h5py, onnx) only for the command that needs them
     if args.command == "import":
         try:
-            result = importers.run(args)
+            result = import_cli.run(args)
         except WeightsError as error:
-            raise SystemExit(f"python -m weights import: refused: {error}") from None
+            raise SystemExit(f"python -m zootools import: refused: {error}") from None
         print(result.summary())
     elif args.command == "show-input":
-        from weights.tools.show_input import show_input
+        from zootools.show_input import show_input
 
         try:
             array, picture = show_input(args.ensemble, args.name, args.image, args.box, args.out)
         except (KeyError, ValueError, WeightsError) as error:
-            raise SystemExit(f"python -m weights show-input: {error}") from None
+            raise SystemExit(f"python -m zootools show-input: {error}") from None
         print(f"{array}\n{picture}")
     elif args.command == "build":
-        from weights.tools.build import build
+        from zootools.build import build
 
         try:
             manifest = build(args.out, args.cache, args.mesonet_dir or mesonet_dir(), detector=args.detector,
                              detector_preset=args.detector_preset)
         except ValueError as error:
-            raise SystemExit(f"python -m weights build: {error}") from None
+            raise SystemExit(f"python -m zootools build: {error}") from None
         print(manifest)
     else:
-        from weights.tools.export_onnx import export_detector_onnx, export_onnx
+        from zootools.export_onnx import export_detector_onnx, export_onnx
 
         if args.name == "detector":
             path, difference = export_detector_onnx(args.ensemble, args.opset)
