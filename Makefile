@@ -21,7 +21,7 @@ $(INSTALLED): requirements.txt requirements-kernel.txt requirements-sources.txt 
 	touch $@
 
 $(ENSEMBLE): $(INSTALLED) $(wildcard weights/*.py weights/archs/*.py zootools/*.py)
-	$(PY) -m weights build --out $(dir $@)
+	$(PY) -m zootools build --out $(dir $@)
 
 demo: $(ENSEMBLE)
 	$(PY) -m bench.samples --out $(SAMPLES)

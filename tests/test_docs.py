@@ -45,3 +45,13 @@ def test_the_path_pattern_finds_what_docs_write():
             "not /mnt/dfdc/weights/ensemble.json nor a/bench/x.py")
     assert mentioned_paths(text) == {"inference/crops.py", "docs/manifest.md", "tests/test_crops.py", "kernel.py",
                                      "zootools/convert_*.py"}
+
+
+def test_every_module_the_makefile_runs_exists():
+    """`make demo` and `make test` run `python -m MODULE ...`: each such module must be runnable."""
+    modules = set(re.findall(r"-m ([\w.]+)", (REPO / "Makefile").read_text() + (REPO / ".ci" / "run").read_text()))
+    project = {module for module in modules if module.split(".")[0] in TOP}
+    assert {"zootools", "bench.samples"} <= project
+    missing = [module for module in project if not (REPO / module.replace(".", "/") / "__main__.py").is_file()
+               and not (REPO / (module.replace(".", "/") + ".py")).is_file()]
+    assert not missing, f"the Makefile runs modules that do not exist: {missing}"
