@@ -140,20 +140,26 @@ def ntech(image: np.ndarray, box, model: int = 2) -> np.ndarray:
 # --- polimi: BlazeFace box + round(0.2 h) (twice above), PadIfNeeded(224) + Resize(224) ------------------------
 
 
-def polimi(image: np.ndarray, box, size: int = 224) -> np.ndarray:
-    """The 224 x 224 RGB input of polimi's networks ("scale" policy), from face_extract.py's margin and crop."""
-    import albumentations as A
-
-    height, width = image.shape[:2]
-    x0, y0, x1, y1 = box
+def polimi_corners(box, height: int, width: int) -> tuple[int, int, int, int]:
+    """face_extract.py's margin in torch float32: round(0.2 h) twice above, once on the other sides, clamped, cut
+    to int: (left, top, right, bottom)."""
+    x0, y0, x1, y1 = box[:4]
     detection = torch.tensor([[y0, x0, y1, x1]], dtype=torch.float32)  # BlazeFace's order: ymin, xmin, ymax, xmax
     offset = torch.round(0.2 * (detection[:, 2] - detection[:, 0]))
     detection[:, 0] = torch.clamp(detection[:, 0] - offset * 2, min=0)
     detection[:, 1] = torch.clamp(detection[:, 1] - offset, min=0)
     detection[:, 2] = torch.clamp(detection[:, 2] + offset, max=height)
     detection[:, 3] = torch.clamp(detection[:, 3] + offset, max=width)
-    ymin, xmin, ymax, xmax = detection[0].numpy().astype(int)
-    face = np.ascontiguousarray(image[ymin:ymax, xmin:xmax])
+    ymin, xmin, ymax, xmax = (int(v) for v in detection[0].numpy().astype(int))
+    return xmin, ymin, xmax, ymax
+
+
+def polimi(image: np.ndarray, box, size: int = 224) -> np.ndarray:
+    """The 224 x 224 RGB input of polimi's networks ("scale" policy), from face_extract.py's margin and crop."""
+    import albumentations as A
+
+    left, top, right, bottom = polimi_corners(box, *image.shape[:2])
+    face = np.ascontiguousarray(image[top:bottom, left:right])
     transform = A.Compose([A.PadIfNeeded(size, size, border_mode=cv2.BORDER_CONSTANT, fill=0), A.Resize(size, size)])
     return transform(image=face)["image"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from inference.crops import crop, crop_key, fit, margin_box, track_crops
 from inference.tracks import Track
@@ -127,18 +126,9 @@ def test_an_exact_margin_cuts_where_ntechs_float64_arithmetic_cut():
         assert np.array_equal(crop(frame, box, spec, 0.2), ntech_crop(frame, box)), box
 
 
-def polimi_corners(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
-    """face_extract.py's margin, in torch float32: round(0.2 h) twice above, once on the other sides."""
-    detection = torch.tensor([[box[1], box[0], box[3], box[2]]], dtype=torch.float32)
-    offset = torch.round(0.2 * (detection[:, 2] - detection[:, 0]))
-    top = torch.clamp(detection[:, 0] - offset * 2, min=0)
-    left = torch.clamp(detection[:, 1] - offset, min=0)
-    bottom = torch.clamp(detection[:, 2] + offset, max=height)
-    right = torch.clamp(detection[:, 3] + offset, max=width)
-    return tuple(int(v) for v in torch.cat([left, top, right, bottom]).numpy().astype(int))
-
-
 def test_a_rounded_margin_of_the_height_per_side_multiple_as_polimi():
+    from tests.team_reference import polimi_corners
+
     spec = own(0.2, margin_sides=(1, 2, 1, 1), margin_of="height", margin_cut="round")
     box = np.array([100.0, 50.0, 160.0, 112.5], np.float32)  # 62.5 high: 0.2 x 62.5 = 12.5 rounds to 12 (even)
     assert margin_box(box, spec, 480, 640) == (88, 26, 172, 124) == polimi_corners(box, 480, 640)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from weights.manifest import AGGREGATIONS, VIDEO_SCORES
 from weights.registry import BOXES, INTERPOLATIONS, MARGIN_BASES, MARGIN_CUTS, PADS, PRECISIONS, RESIZES, ROUNDINGS
-from zootools.importing.importer import ImportResult, import_checkpoint
+from zootools.importing.importer import ENTRY_FIELDS, INPUT_FIELDS, ImportResult, import_checkpoint
 from zootools.presets import SOURCES
 
 
@@ -50,9 +50,7 @@ def add_arguments(parser) -> None:
     preset.add_argument("--tta", type=_optional(str), help="hflip, or none")
 
 
-OVERRIDE_FLAGS = ("size", "margin", "margin_sides", "margin_of", "margin_cut", "resize", "resize_to", "rounding",
-                  "pad", "interpolation", "precision", "mean", "std", "frames", "stride", "clips", "box",
-                  "aggregation", "video_score", "tta")
+OVERRIDE_FLAGS = (*INPUT_FIELDS, *ENTRY_FIELDS)  # each has its flag in add_arguments
 _UNSET = object()
 
 

@@ -209,7 +209,7 @@ def _spec(source: str, name: str, arch: str, arch_kwargs: dict, entry: dict, ove
     spec_input = {**entry.get("input", {}), **{k: v for k, v in overrides.items() if k in INPUT_FIELDS}}
     if "size" not in spec_input:
         raise ImportRefused(f"{arch} has no default input size: pass --size")
-    entry_fields = {k: entry[k] for k in ("aggregation", "video_score", "tta") if k in entry}
+    entry_fields = {k: entry[k] for k in ENTRY_FIELDS if k in entry}
     entry_fields.update({k: v for k, v in overrides.items() if k in ENTRY_FIELDS})
     if positive_class is None:
         if outputs == 2 and (source == "plain" or not PRESETS[source]["fixed_positive_class"]):
