@@ -30,7 +30,7 @@ from bench.local_lb import (
     model_scores,
     open_engine,
 )
-from weights import default_manifest, load_ensemble
+from weights import WeightsError, default_manifest, load_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -147,21 +147,21 @@ def choose_clamp(labels, predictions, candidates: Sequence[float] = CLAMP_CANDID
 
 def write_blend(manifest: Path, weights: dict[str, float] | None = None,
                 clamp: tuple[float, float] | None = None) -> None:
-    """Rewrite the manifest's model weights (one per model, by name) and/or its blend clamp range."""
+    """Rewrite the manifest's blend weights (one per member: a model alone or a pool, by name) and/or its blend clamp
+    range."""
     ensemble = load_ensemble(manifest)
-    models = ensemble.models
     if weights is not None:
-        names = {model.name for model in models}
-        if set(weights) != names:
-            raise ValueError(f"need a weight for exactly the manifest's models {sorted(names)}, got {sorted(weights)}")
-        models = tuple(dataclasses.replace(model, weight=float(weights[model.name])) for model in models)
+        try:
+            ensemble = ensemble.with_weights(weights)
+        except WeightsError as error:
+            raise ValueError(str(error)) from None
     blend_spec = ensemble.blend
     if clamp is not None:
         lo, hi = float(clamp[0]), float(clamp[1])
         if not lo <= blend_spec.fallback <= hi:
             raise ValueError(f"fallback {blend_spec.fallback} lies outside the new clamp range ({lo}, {hi})")
         blend_spec = dataclasses.replace(blend_spec, clamp=(lo, hi))
-    dataclasses.replace(ensemble, models=models, blend=blend_spec).save(manifest)
+    dataclasses.replace(ensemble, blend=blend_spec).save(manifest)
 
 
 def _check_labels(labels) -> np.ndarray:
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return engine_failure("blend_fit", error)
     labels = np.array([v.label for v in videos])
     scores = model_scores(evaluation, ensemble)
-    names = [m.name for m in ensemble.models]
+    names = [m.name for m in ensemble.members()]
     fallback = ensemble.blend.fallback
 
     weights = fit_weights(labels, scores, fallback=fallback)

@@ -90,10 +90,11 @@ def engine_failure(program: str, error: Exception) -> int:
 
 
 def predictions(evaluation: Evaluation, ensemble: Ensemble) -> dict[str, np.ndarray]:
-    """What the kernel would write: each model alone (clamped, fallback where it has no score) and the blend."""
+    """What the kernel would write: each blend member alone (a model, or a pool; clamped, fallback where it has no
+    score) and the blend."""
     blend = ensemble.blend
-    weights = {m.name: m.weight for m in ensemble.models}
-    names = [m.name for m in ensemble.models]
+    weights = {m.name: m.weight for m in ensemble.members()}
+    names = [m.name for m in ensemble.members()]
     rows: dict[str, list[float]] = {name: [] for name in [*names, BLEND]}
     for row in model_scores(evaluation, ensemble):
         scores = dict(zip(names, row.tolist()))
@@ -105,9 +106,10 @@ def predictions(evaluation: Evaluation, ensemble: Ensemble) -> dict[str, np.ndar
 
 
 def model_scores(evaluation: Evaluation, ensemble: Ensemble) -> np.ndarray:
-    """(videos, models) matrix of each model's unclipped video score, NaN where it has none: what a blend fits."""
-    return np.array([[blending.video_score(frame_scores[m.name], m.aggregation, ensemble.combine_for(m))
-                      for m in ensemble.models]
+    """(videos, members) matrix of each blend member's unclipped video score (see `Ensemble.members`), NaN where it
+    has none: what a blend fits."""
+    return np.array([[blending.member_score(frame_scores, m.models, m.aggregation, m.video_score)
+                      for m in ensemble.members()]
                      for frame_scores in evaluation.frame_scores])
 
 

@@ -212,7 +212,7 @@ def designed_working_set(ensemble: Path, frames: int, device: str, clip: Path, e
                        "--frames-per-video", str(frames), *extra])
     runner = Pipeline(ensemble, device, args.batch_size, args.readers)
     runner.close()  # only its plan is needed: which frames it decodes, how many readers hold them
-    decoded = read_video(clip, frames, runner.clip_geometries())
+    decoded = read_video(clip, frames, runner.timelines())
     frame_bytes = max(frame.nbytes for frame in decoded.frames.values())
     total = runner.readers * len(decoded.frames) * frame_bytes
     return {"clips_in_flight": runner.readers, "readers": runner.readers,

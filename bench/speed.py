@@ -134,17 +134,17 @@ def stage_medians(results: list[VideoResult]) -> dict[str, float]:
     return {stage: statistics.median(r.seconds.get(stage, 0.0) for r in results) for stage in STAGES}
 
 
-def decode_floor(videos: list[Path], frames: int, geometries, decode: DecodeSpec) -> dict:
+def decode_floor(videos: list[Path], frames: int, timelines, decode: DecodeSpec) -> dict:
     """Seconds per video of reading alone, for each reader set-up; the floor is the fastest."""
     setups, cpu = {}, {}
     started, cpu_started = time.perf_counter(), cpu_seconds()
     for path in videos:
-        read_video(path, frames, geometries, decode)
+        read_video(path, frames, timelines, decode)
     setups["pyav, one video at a time"] = (time.perf_counter() - started) / len(videos)
     cpu["pyav, one video at a time"] = (cpu_seconds() - cpu_started) / len(videos)
     started, cpu_started = time.perf_counter(), cpu_seconds()
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda path: read_video(path, frames, geometries, decode), videos))
+        list(pool.map(lambda path: read_video(path, frames, timelines, decode), videos))
     setups["pyav, 2 reader threads"] = (time.perf_counter() - started) / len(videos)
     cpu["pyav, 2 reader threads"] = (cpu_seconds() - cpu_started) / len(videos)
     best = min(setups, key=setups.get)
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.ensemble = with_untrained_models(weights / args.ensemble.name, {name: FAMILIES[name] for name in HEAVY})
     args.ensemble = with_options(args.ensemble, args.option, Path(workdir.name) / "options")
     runner = Pipeline(args.ensemble, args.device, args.batch_size, args.readers)
-    geometries = runner.clip_geometries()
+    timelines = runner.timelines()
 
     report = {"videos": len(videos), "megabits_per_video": megabits, "frames_per_video": args.frames_per_video,
               "device": str(runner.accelerator.device), "cpus": os.cpu_count(), "ensemble": str(args.ensemble),
@@ -245,9 +245,9 @@ def main(argv: list[str] | None = None) -> dict:
     del alone
     rounds = {"decode_floor": [], "reader_floor": [], "kernel": []}
     for _ in range(max(1, args.repeat)):  # in turn, so that the machine's drift reaches all three alike
-        rounds["decode_floor"].append(decode_floor(videos, args.frames_per_video, geometries,
+        rounds["decode_floor"].append(decode_floor(videos, args.frames_per_video, timelines,
                                                    DecodeSpec(sampling="exact")))
-        rounds["reader_floor"].append(decode_floor(videos, args.frames_per_video, geometries, runner.ensemble.decode))
+        rounds["reader_floor"].append(decode_floor(videos, args.frames_per_video, timelines, runner.ensemble.decode))
         rounds["kernel"].append(pipelined(runner, videos, args.frames_per_video))
     report.update({key: median_run(runs) for key, runs in rounds.items()})
     report["peak_rss_mib"] = peak_rss_mib()

@@ -33,8 +33,8 @@ from bench.metrics import format_table
 
 def unclamped_blend(scores: np.ndarray, ensemble) -> np.ndarray:
     """The blend of each video before clamping (NaN where no model scored)."""
-    weights = {m.name: m.weight for m in ensemble.models}
-    names = [m.name for m in ensemble.models]
+    weights = {m.name: m.weight for m in ensemble.members()}
+    names = [m.name for m in ensemble.members()]
     return np.array([blending.blend_models(dict(zip(names, row.tolist())), weights) for row in scores])
 
 

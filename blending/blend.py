@@ -75,6 +75,13 @@ def video_score(track_frame_scores: Sequence[Sequence[float]], aggregation: str 
     return combine_tracks([aggregate_frames(scores, aggregation) for scores in track_frame_scores], combine)
 
 
+def member_score(frame_scores: Mapping[str, Sequence[Sequence[float]]], models: Sequence[str], aggregation: str,
+                 combine: str) -> float:
+    """One blend member's video score: a model's, or a pool's, whose models' tracks are scored as one model's (with
+    `pool`, every face of every model aggregated at once, as NTech's sharpen did)."""
+    return video_score([track for name in models for track in frame_scores.get(name, [])], aggregation, combine)
+
+
 def blend_models(video_scores: Mapping[str, float], weights: Mapping[str, float]) -> float:
     """Weighted mean of the models' video scores, renormalised over the models that produced a score."""
     total = weighted = 0.0

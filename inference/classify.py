@@ -66,8 +66,8 @@ class Classifier:
 
     def predict(self, crops: np.ndarray, accelerator: Accelerator, batch_size: int,
                 pool: Executor | None = None) -> np.ndarray:
-        """P(FAKE) for (N, S, S, 3) face crops or (N, T, S, S, 3) clips, averaged over the TTA views; `pool` runs the
-        batches side by side."""
+        """P(FAKE) for (N, S, S, 3) face crops or (N, T, S, S, 3) clips, averaged over the TTA views: (N,), or (N, T)
+        from a sequence model that scores each frame; `pool` runs the batches side by side."""
         views = [crops] + [np.flip(crops, axis=-2) for name in self.spec.tta if name == "hflip"]
         return np.mean([self.predict_view(np.ascontiguousarray(v), accelerator, batch_size, pool) for v in views],
                        axis=0)
@@ -87,7 +87,10 @@ class Classifier:
         return torch.sigmoid(logit.to(self.score_dtype)).numpy()
 
     def logit(self, output: torch.Tensor) -> torch.Tensor:
-        """The logit of FAKE from an output of shape (N,), (N, 1) or (N, 2) (column 1 = positive_class)."""
+        """The logit of FAKE from an output of shape (N,), (N, 1) or (N, 2) (column 1 = positive_class); a sequence
+        model's (N, T, 1) or (N, T, 2), one per frame, gives (N, T)."""
+        if output.dim() == 3 and self.spec.kind == "sequence" and output.shape[1] == self.spec.input.frames:
+            return self.logit(output.flatten(0, 1)).view(output.shape[:2])
         if output.dim() == 2 and output.shape[1] == 2:
             logit = output[:, 1] - output[:, 0]
         elif output.dim() == 2 and output.shape[1] == 1 or output.dim() == 1:
@@ -99,14 +102,15 @@ class Classifier:
 
 def score_tracks(inputs: list[TrackCrops], classifier: Classifier, accelerator: Accelerator, batch_size: int,
                  pool: Executor | None = None) -> list[np.ndarray]:
-    """Per track, the P(FAKE) of each of its frames (or clips) by one model; empty where the track has no input.
+    """Per track, the P(FAKE) of each of its frames (or clips, or each frame of a sequence model's clips) by one
+    model; empty where the track has no input.
     `pool` runs the batches at once where the model allows it (see Classifier.runs_batches_at_once)."""
     stacks = [classifier.inputs(t) for t in inputs]
     present = [i for i, stack in enumerate(stacks) if stack is not None]
     per_track = [np.zeros(0, np.float32) for _ in stacks]
-    if present:  # one batched run over all tracks, split back per track
+    if present:  # one batched run over all tracks, split back per track (a frame-scoring sequence model's flat)
         flat = classifier.predict(np.concatenate([stacks[i] for i in present]), accelerator, batch_size,
                                   pool if classifier.runs_batches_at_once(accelerator) else None)
         for i, part in zip(present, np.split(flat, np.cumsum([len(stacks[i]) for i in present])[:-1])):
-            per_track[i] = part
+            per_track[i] = part.reshape(-1)
     return per_track

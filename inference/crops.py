@@ -9,26 +9,29 @@ import cv2
 import numpy as np
 
 from inference.tracks import Track
-from inference.video import ClipGeometry, DecodedVideo
+from inference.video import DecodedVideo, Timeline
 from weights import InputSpec, ModelSpec
+from weights.registry import ALIGNMENTS
 
 INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR,
                   "cubic": cv2.INTER_CUBIC}
 
-CropKey = tuple  # the InputSpec fields that cut and resize a face: frame crops shared by models that agree
-StackKey = tuple  # (frames, stride, clips, box, *CropKey): clip stacks shared likewise
+CropKey = tuple  # the InputSpec fields that pick, cut and resize faces: frame crops shared by models that agree
+StackKey = tuple  # (*timeline, box, *CropKey): clip stacks shared likewise
 PADS = {"zero": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT_101}
 
 
 def crop_key(spec: InputSpec) -> CropKey:
-    """Which face crops a model reads: models that cut and resize alike share them."""
+    """Which face crops a model reads: models that pick, cut and resize alike share them."""
+    own = spec.timeline if spec.every else None
     return (spec.margin, spec.margin_sides, spec.margin_of, spec.margin_cut, spec.shape, spec.resize,
-            spec.resize_shape, spec.rounding, spec.pad, spec.interpolation, spec.precision)
+            spec.resize_shape, spec.rounding, spec.pad, spec.interpolation, spec.precision, spec.align, own,
+            spec.limit, spec.share, spec.flip)
 
 
 def stack_key(spec: ModelSpec) -> StackKey:
-    """Which clip stack a clip or sequence model reads: models of one geometry, box and preprocessing share one."""
-    return (*spec.input.clip_geometry, spec.input.box, *crop_key(spec.input))
+    """Which clip stack a clip or sequence model reads: models of one timeline, box and preprocessing share one."""
+    return (*spec.input.timeline, spec.input.box, *crop_key(spec.input))
 
 
 # ---------------------------------------------------------------------------------------------- cut
@@ -66,12 +69,41 @@ def margin_box(box: np.ndarray, spec: InputSpec, height: int, width: int) -> tup
 
 def crop(frame: np.ndarray, box: np.ndarray, spec: InputSpec, detector_margin: float) -> np.ndarray | None:
     """The face with the model's own margin (else the detector's total margin, half on each side), or None when
-    the box leaves less than 2 x 2 pixels inside the frame."""
+    the box leaves less than 2 x 2 pixels inside the frame; an aligning model's face warped onto its template."""
+    if spec.align is not None:
+        return align(frame, box, spec.align)
     if spec.margin is None:
         left, top, right, bottom = expand_box(box, detector_margin, *frame.shape[:2])
     else:
         left, top, right, bottom = margin_box(box, spec, *frame.shape[:2])
     return frame[top:bottom, left:right] if right - left >= 2 and bottom - top >= 2 else None
+
+
+def similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The 2 x 3 similarity transform (rotation, one scale, shift) taking `source` points nearest `target` in least
+    squares: Umeyama's solution, as scikit-image's SimilarityTransform estimates it."""
+    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
+    source_centred, target_centred = source - source_mean, target - target_mean
+    covariance = target_centred.T @ source_centred / len(source)
+    u, singular, vt = np.linalg.svd(covariance)
+    sign = np.ones(2)
+    if np.linalg.det(covariance) < 0:
+        sign[1] = -1
+    rotation = u @ np.diag(sign) @ vt
+    scale = (singular * sign).sum() / source_centred.var(axis=0).sum()
+    return np.hstack([scale * rotation, (target_mean - scale * rotation @ source_mean)[:, None]])
+
+
+def align(frame: np.ndarray, detection: np.ndarray, template: str) -> np.ndarray | None:
+    r"""The face warped onto a template's square by the similarity transform of its five landmarks (cut to whole
+    pixels first, as \WM/ did) onto the template's points (bilinear, black border); None without landmarks."""
+    if len(detection) < 15:
+        return None
+    side, points = ALIGNMENTS[template]
+    landmarks = np.asarray(detection[5:15], np.float64).reshape(5, 2).astype(np.int64).astype(np.float64)
+    matrix = similarity(landmarks, np.asarray(points, np.float64))
+    return cv2.warpAffine(frame, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0)
 
 
 # ---------------------------------------------------------------------------------------------- resize
@@ -165,36 +197,65 @@ class TrackCrops:
 
 def track_crops(video: DecodedVideo, track: Track, specs: list[ModelSpec], detector_margin: float) -> TrackCrops:
     """Each model's inputs for one track (`detector_margin`: for models without their own): face crops of the
-    track's detections for frame models, fixed-box clips for clip and sequence models."""
+    track's detections on the model's frames for frame models, fixed-box clips for clip and sequence models."""
     inputs = TrackCrops()
     for spec in specs:
         if spec.kind == "frame":
             key = crop_key(spec.input)
             if key not in inputs.faces:
-                faces = [c for c in (crop(video.frames[video.keys[pos]], box, spec.input, detector_margin)
-                                     for pos, box in sorted(track.boxes.items())) if c is not None]
+                faces = [(crop(video.frames[video.keys[position]], track.boxes[position], spec.input,
+                               detector_margin), flip)
+                         for position, flip in picked(model_positions(video, track, spec.input), spec.input)]
+                faces = [flipped(fit(face, spec.input), flip) for face, flip in faces if face is not None]
                 if faces:
-                    inputs.faces[key] = np.stack([fit(face, spec.input) for face in faces])
+                    inputs.faces[key] = np.stack(faces)
             continue
         key = stack_key(spec)
         if key in inputs.clips:
             continue
         stacks = []
-        for run in track_windows(video, track, spec.input.clip_geometry):
+        for run, flip in picked(track_windows(video, track, Timeline(*spec.input.timeline)), spec.input):
             # One box per clip: 3D models were trained on steady crops, not jittering ones.
             box = track.union() if spec.input.box == "track_union" else track.box_at(run[len(run) // 2], video.keys)
             frames = [crop(video.frames[i], box, spec.input, detector_margin) for i in run]
             if all(f is not None for f in frames):
-                stacks.append(np.stack([fit(f, spec.input) for f in frames]))
+                stacks.append(np.stack([flipped(fit(f, spec.input), flip) for f in frames]))
         if stacks:
             inputs.clips[key] = np.stack(stacks)
     return inputs
 
 
-def track_windows(video: DecodedVideo, track: Track, geometry: ClipGeometry) -> list[list[int]]:
-    """The clip windows centred inside the track's span, else the one nearest its middle."""
-    runs = video.windows.get(geometry, [])
+def model_positions(video: DecodedVideo, track: Track, spec: InputSpec) -> list[int]:
+    """The track's detections (key positions, in time) on a frame model's frames: its own timeline's, else the
+    base key frames."""
+    if spec.every:
+        frames = {run[0] for run in video.windows.get(Timeline(*spec.timeline), [])}
+    else:
+        frames = set(video.base)
+    return [position for position in sorted(track.boxes) if video.keys[position] in frames]
+
+
+def picked(items: list, spec: InputSpec) -> list[tuple]:
+    """A track's inputs in time, each with whether to flip it: every other one flipped (`flip` alternate, the first
+    included), then the spec's `share` of them kept, at most `limit`."""
+    period, first, count = spec.share
+    chosen = [(item, spec.flip == "alternate" and index % 2 == 0) for index, item in enumerate(items)
+              if first <= index % period < first + count]
+    return chosen[:spec.limit] if spec.limit else chosen
+
+
+def flipped(image: np.ndarray, flip: bool) -> np.ndarray:
+    """The image mirrored left-right when `flip`."""
+    return np.ascontiguousarray(image[:, ::-1]) if flip else image
+
+
+def track_windows(video: DecodedVideo, track: Track, timeline: Timeline) -> list[list[int]]:
+    """The clip windows of a timeline within the track: on the model's own timeline, those wholly inside the track's
+    span; centred on key frames, those centred inside it, else the one nearest its middle."""
+    runs = video.windows.get(timeline, [])
     first, last = track.span(video.keys)
+    if timeline.own:
+        return [run for run in runs if first <= run[0] and run[-1] <= last]
     inside = [run for run in runs if first <= run[len(run) // 2] <= last]
     if inside or not runs:
         return inside

@@ -20,7 +20,7 @@ from inference.crops import TrackCrops, track_crops
 from inference.device import Accelerator, resolve_device, usable_cpus
 from inference.faces import find_sparse, make_face_finder
 from inference.tracks import link_tracks
-from inference.video import ClipGeometry, DecodedVideo, read_video
+from inference.video import DecodedVideo, Timeline, read_video
 from weights import load_ensemble
 
 STAGES = ("read", "detect", "crop", "predict", "blend")
@@ -121,7 +121,8 @@ class Pipeline:
         self.classifiers = [Classifier(m, self.ensemble.build_model(m, self.accelerator.device.type, threads=1))
                             for m in self.ensemble.models]
         self.pool = ThreadPoolExecutor(self.cores, thread_name_prefix="predict")  # threads start on first use
-        self.blend_weights = {m.name: m.weight for m in self.ensemble.models}
+        self.members = self.ensemble.members()
+        self.blend_weights = {m.name: m.weight for m in self.members}
         self.readers = readers
 
     @property
@@ -188,7 +189,7 @@ class Pipeline:
         if job.skip:
             return Decoded(job, None, None, 0.0)
         try:
-            video = read_video(job.path, job.frames, self.clip_geometries(job.models), self.ensemble.decode)
+            video = read_video(job.path, job.frames, self.timelines(job.models), self.ensemble.decode)
             return Decoded(job, video, None, time.perf_counter() - start)
         except Exception as error:
             return Decoded(job, None, error, time.perf_counter() - start)
@@ -261,12 +262,15 @@ class Pipeline:
         return per_video
 
     def blend(self, result: VideoResult, frame_scores: dict[str, list[np.ndarray]]) -> None:
-        """Aggregate frames, combine tracks, blend the models and clamp: the video's label."""
+        """Aggregate frames, combine tracks, blend the members (models alone, or pools) and clamp: the video's label.
+        The report's model scores hold each model alone and each pool."""
         specs = {c.spec.name: c.spec for c in self.classifiers}
-        scores = {name: blending.video_score(tracks, specs[name].aggregation, self.ensemble.combine_for(specs[name]))
-                  for name, tracks in frame_scores.items()}
+        alone = {name: blending.video_score(tracks, specs[name].aggregation, self.ensemble.combine_for(specs[name]))
+                 for name, tracks in frame_scores.items()}
+        scores = {m.name: blending.member_score(frame_scores, m.models, m.aggregation, m.video_score)
+                  for m in self.members if any(name in frame_scores for name in m.models)}
         result.frame_scores = {k: [track.tolist() for track in v] for k, v in frame_scores.items()}
-        result.model_scores = {k: finite_or_none(v) for k, v in scores.items()}
+        result.model_scores = {k: finite_or_none(v) for k, v in {**alone, **scores}.items()}
         result.blended = finite_or_none(blending.blend_models(scores, self.blend_weights))
         blend = self.ensemble.blend
         result.label = blending.clamp_prediction(result.blended if result.blended is not None else math.nan,
@@ -286,9 +290,11 @@ class Pipeline:
         """The classifiers of the named models (None: all), in manifest order."""
         return [c for c in self.classifiers if models is None or c.spec.name in models]
 
-    def clip_geometries(self, models: frozenset[str] | None = None) -> list[ClipGeometry]:
-        """The clip geometries the named models' readers must decode windows for."""
-        return sorted({c.spec.input.clip_geometry for c in self.classifiers_for(models) if c.spec.kind != "frame"})
+    def timelines(self, models: frozenset[str] | None = None) -> list[Timeline]:
+        """The timelines besides the key frames that the named models' readers must decode: clip and sequence
+        models', and those of frame models with their own."""
+        return sorted({Timeline(*c.spec.input.timeline) for c in self.classifiers_for(models)
+                       if c.spec.kind != "frame" or c.spec.input.every})
 
 
 def finite_or_none(value: float) -> float | None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import cv2
@@ -19,22 +20,43 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 
 log = logging.getLogger(__name__)
 
-ClipGeometry = tuple[int, int, int]  # (frames, stride, clips) of a clip or sequence model: see InputSpec
+class Timeline(NamedTuple):
+    """Which frames a model sees besides the run's key frames (see InputSpec): runs of `frames` frames `stride`
+    apart. With `every` 0, `clips` runs centred on key frames; with `every` k, a run starts at frame `start` and
+    every k-th frame after it, counted at about `fps` frames a second (0: every frame counts)."""
+
+    frames: int
+    stride: int
+    clips: int
+    fps: float = 0.0
+    every: int = 0
+    start: int = 0
+
+    @property
+    def own(self) -> bool:
+        """Whether the runs follow the model's own timeline rather than the key frames."""
+        return self.every > 0
 
 
 @dataclass
 class DecodedVideo:
     """The decoded frames of one video (RGB, upright) by frame index.
 
-    `keys` are the evenly spaced frames that detection and frame models see; `windows` holds, per clip
-    geometry, the runs of frames that clip and sequence models see.
+    `keys` are the frames detection sees: the evenly spaced `base` frames that frame models see, plus the frames
+    of frame models with their own timeline; `windows` holds, per timeline, the runs of frames its models see.
     """
 
     frames: dict[int, np.ndarray]
     keys: list[int]
-    windows: dict[ClipGeometry, list[list[int]]]
+    windows: dict[Timeline, list[list[int]]]
     reader: str
     sampling: str = "exact"  # "reference" where the keys are the nearest reference frames (see DecodeSpec)
+    base: list[int] = field(default_factory=list)  # empty: every key frame is a base frame
+    fps: float = 0.0  # the container's frame rate (0: unknown)
+
+    def __post_init__(self):
+        if not self.base:
+            self.base = list(self.keys)
 
 
 def find_videos(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -71,10 +93,13 @@ def sample_indices(total: int, count: int, cheap: list[int] | None = None) -> li
     return sorted(taken)
 
 
-def clip_windows(total: int, keys: list[int], geometry: ClipGeometry) -> list[list[int]]:
-    """`clips` runs of `frames` indices `stride` apart, centred on key frames in the middle of equal parts of
-    the video (not on its first and last frames, often fades), inside the video."""
-    frames, stride, clips = geometry
+def clip_windows(total: int, keys: list[int], timeline: Timeline, fps: float = 0.0) -> list[list[int]]:
+    """The runs of a timeline inside the video: its own timeline (see `own_windows`), else `clips` runs of `frames`
+    indices `stride` apart, centred on key frames in the middle of equal parts of the video (not on its first and
+    last frames, often fades)."""
+    if timeline.own:
+        return own_windows(total, timeline, fps)
+    frames, stride, clips = timeline.frames, timeline.stride, timeline.clips
     span = (frames - 1) * stride
     centres = sorted({keys[int((part + 0.5) * len(keys) / clips)] for part in range(clips)}) if keys else []
     windows = []
@@ -84,11 +109,22 @@ def clip_windows(total: int, keys: list[int], geometry: ClipGeometry) -> list[li
     return windows
 
 
-def plan_frames(total: int, count: int, geometries, cheap: list[int] | None = None) -> tuple[list[int], dict, set[int]]:
-    """Key frames (among the `cheap` ones where given), clip windows per geometry, and every frame index that must
+def own_windows(total: int, timeline: Timeline, fps: float) -> list[list[int]]:
+    """Runs starting at frame `start` and every `every` sampled frames after it, each `frames` sampled frames
+    `stride` apart; a sampled frame is every round(int(fps) / timeline.fps)-th video frame (NTech's rule: 29.97
+    fps at 15 -> every 2nd), every frame where either rate is unknown."""
+    step = max(1, round(int(fps) / timeline.fps)) if timeline.fps > 0 and fps > 0 else 1
+    span = (timeline.frames - 1) * timeline.stride * step
+    return [[first + offset * timeline.stride * step for offset in range(timeline.frames)]
+            for first in range(timeline.start, total - span, timeline.every * step)]
+
+
+def plan_frames(total: int, count: int, timelines, cheap: list[int] | None = None,
+                fps: float = 0.0) -> tuple[list[int], dict, set[int]]:
+    """Base key frames (among the `cheap` ones where given), windows per timeline, and every frame index that must
     be decoded."""
     keys = sample_indices(total, count, cheap)
-    windows = {geometry: clip_windows(total, keys, geometry) for geometry in geometries}
+    windows = {Timeline(*timeline): clip_windows(total, keys, Timeline(*timeline), fps) for timeline in timelines}
     wanted = set(keys).union(*(index for runs in windows.values() for index in runs))
     return keys, windows, wanted
 
@@ -99,26 +135,26 @@ def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frame, k=quarter_turns)) if quarter_turns else frame
 
 
-def read_video(path: Path, count: int, geometries=(), decode: DecodeSpec = DecodeSpec()) -> DecodedVideo:
+def read_video(path: Path, count: int, timelines=(), decode: DecodeSpec = DecodeSpec()) -> DecodedVideo:
     """Decode the planned frames: PyAV with threaded decoding first, OpenCV grab/retrieve as the fallback.
 
     A folder is read as a video of its image files in name order (VidTIMIT keeps its videos that way).
     """
     if path.is_dir():
-        return read_frame_folder(path, count, geometries)
+        return read_frame_folder(path, count, timelines)
     if not stat.S_ISREG(path.stat().st_mode):  # a named pipe or a device would block the reader for ever
         raise ValueError("not a regular file")
     try:
-        return read_pyav(path, count, geometries, decode)
+        return read_pyav(path, count, timelines, decode)
     except Exception as pyav_error:
         log.info("%s: PyAV failed (%s); trying OpenCV", path.name, pyav_error)
         try:
-            return read_opencv(path, count, geometries)
+            return read_opencv(path, count, timelines)
         except Exception as opencv_error:
             raise ValueError(f"cannot decode: PyAV: {pyav_error}; OpenCV: {opencv_error}") from None
 
 
-def read_pyav(path: Path, count: int, geometries, decode: DecodeSpec = DecodeSpec()) -> DecodedVideo:
+def read_pyav(path: Path, count: int, timelines, decode: DecodeSpec = DecodeSpec()) -> DecodedVideo:
     """The planned frames with PyAV (threaded decoding, stopping after the last one needed); with reference
     sampling, only the packets those frames depend on reach the decoder."""
     with av.open(str(path)) as container:
@@ -129,18 +165,19 @@ def read_pyav(path: Path, count: int, geometries, decode: DecodeSpec = DecodeSpe
         if not decode.deblocking:
             stream.codec_context.options = {"skip_loop_filter": "all"}
         packets = [packet for packet in container.demux(stream) if packet.size]
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
         shown = display_indices(packets)
         references = None
         if decode.sampling == "reference" and shown is not None and stream.codec_context.name == "h264":
             references = h264_references(packets, stream.codec_context.extradata)
         if references is None:  # the reader cannot tell which frames others depend on: decode them all
-            keys, windows, wanted = plan_frames(stream.frames or len(packets), count, geometries)
+            keys, windows, wanted = plan_frames(stream.frames or len(packets), count, timelines, fps=fps)
             frames = decode_all(stream.codec_context, packets, wanted)
-            return _decoded(frames, keys, windows, "pyav", "exact")
+            return _decoded(frames, keys, windows, "pyav", "exact", fps)
         cheap = sorted(index for index, reference in zip(shown, references) if reference)
-        keys, windows, wanted = plan_frames(len(packets), count, geometries, cheap)
+        keys, windows, wanted = plan_frames(len(packets), count, timelines, cheap, fps)
         frames = decode_needed(stream.codec_context, packets, shown, references, wanted)
-    return _decoded(frames, keys, windows, "pyav", "reference")
+    return _decoded(frames, keys, windows, "pyav", "reference", fps)
 
 
 def display_indices(packets: list) -> list[int] | None:
@@ -220,12 +257,12 @@ def needed_packets(shown: list[int], references: list[bool], wanted: set[int]) -
     return [position for position in range(last + 1) if references[position] or shown[position] in wanted]
 
 
-def read_frame_folder(folder: Path, count: int, geometries) -> DecodedVideo:
+def read_frame_folder(folder: Path, count: int, timelines) -> DecodedVideo:
     """The planned frames of a folder of images, in name order."""
     # VidTIMIT names its JPEG frames 001, 002, ... without an extension: OpenCV reads them by content.
     files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
                    key=lambda p: (len(p.stem), p.name))
-    keys, windows, wanted = plan_frames(len(files), count, geometries)
+    keys, windows, wanted = plan_frames(len(files), count, timelines)
     frames = {}
     for index in sorted(wanted):
         bgr = cv2.imread(str(files[index]))
@@ -234,14 +271,15 @@ def read_frame_folder(folder: Path, count: int, geometries) -> DecodedVideo:
     return _decoded(frames, keys, windows, "frames")
 
 
-def read_opencv(path: Path, count: int, geometries) -> DecodedVideo:
+def read_opencv(path: Path, count: int, timelines) -> DecodedVideo:
     """The planned frames with OpenCV grab/retrieve (rotation metadata applied)."""
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
             raise ValueError("OpenCV cannot open the file")
         capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
-        keys, windows, wanted = plan_frames(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), count, geometries)
+        fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        keys, windows, wanted = plan_frames(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), count, timelines, fps=fps)
         frames = {}
         for index in range(max(wanted, default=-1) + 1):
             if not capture.grab():  # grab() skips decoding to RGB: only retrieve() pays for the frames we keep
@@ -252,12 +290,16 @@ def read_opencv(path: Path, count: int, geometries) -> DecodedVideo:
                     frames[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     finally:
         capture.release()
-    return _decoded(frames, keys, windows, "opencv")
+    return _decoded(frames, keys, windows, "opencv", fps=fps)
 
 
-def _decoded(frames: dict[int, np.ndarray], keys, windows, reader: str, sampling: str = "exact") -> DecodedVideo:
-    """Keep what was really decoded: containers sometimes promise more frames than they hold."""
+def _decoded(frames: dict[int, np.ndarray], keys, windows, reader: str, sampling: str = "exact",
+             fps: float = 0.0) -> DecodedVideo:
+    """Keep what was really decoded (containers sometimes promise more frames than they hold); the frames of frame
+    models' own timelines join the key frames, so detection sees them."""
     if not frames:
         raise ValueError("no frame decoded")
-    complete = {geometry: [run for run in runs if all(i in frames for i in run)] for geometry, runs in windows.items()}
-    return DecodedVideo(frames, [k for k in keys if k in frames], complete, reader, sampling)
+    complete = {key: [run for run in runs if all(i in frames for i in run)] for key, runs in windows.items()}
+    base = [k for k in keys if k in frames]
+    own = {run[0] for key, runs in complete.items() if key.own and key.frames == 1 for run in runs}
+    return DecodedVideo(frames, sorted(own.union(base)), complete, reader, sampling, base, fps)

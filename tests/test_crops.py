@@ -190,7 +190,7 @@ def test_each_preprocessing_field_keys_its_own_crops(field, value):
 
 def test_crops_are_computed_once_per_preprocessing_and_clips_can_take_the_track_union():
     frames = {index: coded(120, 160) for index in range(0, 40)}
-    video = DecodedVideo(frames, [0, 13, 26, 39], {(4, 1, 1): [[24, 25, 26, 27]]}, "test")
+    video = DecodedVideo(frames, [0, 13, 26, 39], {(4, 1, 1, 0.0, 0, 0): [[24, 25, 26, 27]]}, "test")
     track = Track({0: np.array([10, 10, 50, 60, 0.9]), 1: np.array([20, 20, 60, 70, 0.9]),
                    2: np.array([30, 30, 70, 80, 0.9]), 3: np.array([40, 40, 80, 90, 0.9])})
     models = [ModelSpec("a", "meso4", "a", "0", InputSpec(64)), ModelSpec("b", "meso4", "b", "0", InputSpec(64)),

@@ -45,7 +45,7 @@ def test_show_input_is_what_the_pipeline_feeds_the_model(manifest, image, name):
     spec = next(s for s in ensemble.models if s.name == name)
     # The pipeline's own crops and normalisation for a one-detection track with this box.
     video = DecodedVideo({index: image for index in range(spec.input.frames)}, [0],
-                         {spec.input.clip_geometry: [list(range(spec.input.frames))]}, "test")
+                         {spec.input.timeline: [list(range(spec.input.frames))]}, "test")
     crops = track_crops(video, Track({0: np.array([*box, 0.9], np.float32)}), [spec], ensemble.detector.margin)
     received = []
 

@@ -9,6 +9,7 @@ import pytest
 import inference.video
 from bench.samples import SampleSpec, render_frames, set_display_rotation, write_video
 from inference.video import (
+    Timeline,
     h264_references,
     needed_packets,
     read_opencv,
@@ -76,7 +77,7 @@ def all_frames(path):
 @pytest.mark.parametrize("name", ["clip.mp4", "clip.ts"])  # avcC length prefixes; Annex B start codes
 def test_reference_sampling_decodes_exactly_the_frames_full_decoding_gives(tmp_path, name):
     path = b_frame_clip(tmp_path / name)
-    geometry = (5, 1, 1)
+    geometry = Timeline(5, 1, 1)
     video = read_pyav(path, 8, [geometry])
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -129,7 +130,7 @@ def test_skipping_deblocking_changes_the_pixels_a_little(tmp_path):
 @pytest.mark.slow
 def test_pyav_and_opencv_read_the_same_frames(sample_videos):
     path = sample_videos["face_1080p.mp4"]
-    geometry = (4, 2, 2)  # 2 clip windows of 4 frames, 2 apart
+    geometry = Timeline(4, 2, 2)  # 2 clip windows of 4 frames, 2 apart
     pyav = read_pyav(path, 5, [geometry], EXACT)
     opencv = read_opencv(path, 5, [geometry])
     assert pyav.keys == opencv.keys == [0, 15, 30, 44, 59]
@@ -147,9 +148,9 @@ def test_a_folder_of_frames_is_read_as_a_video(tmp_path):
     for index in range(1, 13):  # VidTIMIT names: 001, 002, ... without an extension
         frame = np.full((48, 64, 3), index * 20, np.uint8)
         (folder / f"{index:03d}").write_bytes(cv2.imencode(".jpg", frame)[1].tobytes())
-    video = read_video(folder, 4, [(3, 1, 1)])
+    video = read_video(folder, 4, [Timeline(3, 1, 1)])
     assert video.reader == "frames" and video.keys == [0, 4, 7, 11]
-    assert video.windows == {(3, 1, 1): [[6, 7, 8]]}
+    assert video.windows == {Timeline(3, 1, 1): [[6, 7, 8]]}
     assert [int(video.frames[k][0, 0, 0]) for k in video.keys] == pytest.approx([20, 100, 160, 240], abs=3)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,13 +171,51 @@ class DetectorSpec:
 
 
 @dataclass(frozen=True)
+class PoolSpec:
+    """Several models scored as one: the frame scores of all their tracks pooled before one per-video rule (NTech's
+    sharpen pooled its three models' votes), blended with `weight` in place of the models' own weights."""
+
+    name: str
+    models: tuple[str, ...]
+    aggregation: str = "mean"
+    video_score: str = "pool"
+    weight: float = 1.0
+
+    def __post_init__(self):
+        checks = [
+            (len(self.models) >= 2, "pools at least two models"),
+            (self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}, not {self.aggregation!r}"),
+            (self.video_score in VIDEO_SCORES, f"video_score must be one of {VIDEO_SCORES}, not {self.video_score!r}"),
+            (self.weight >= 0, f"blend weight must be >= 0, not {self.weight}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise WeightsError(f"blend pool {self.name}: {message}")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One term of the blend: a model alone, or a pool of models, with how its frame scores make its video score."""
+
+    name: str
+    models: tuple[str, ...]
+    aggregation: str
+    video_score: str
+    weight: float
+
+
+@dataclass(frozen=True)
 class BlendSpec:
-    """The range predictions are clamped to, and the value written for a video with no face or any failure."""
+    """The range predictions are clamped to, the value written for a video with no face or any failure, and the
+    pools of models blended as one."""
 
     clamp: tuple[float, float] = (0.01, 0.99)
     fallback: float = 0.5
+    pools: tuple[PoolSpec, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "pools", tuple(p if isinstance(p, PoolSpec) else PoolSpec(**as_tuples(p))
+                                                for p in self.pools))
         lo, hi = self.clamp
         if not 0.0 <= lo < hi <= 1.0:
             raise WeightsError(f"blend clamp must satisfy 0 <= lo < hi <= 1, got {self.clamp}")
@@ -202,7 +240,15 @@ class Ensemble:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise WeightsError(f"model names must be unique: {names}")
-        if sum(m.weight for m in self.models) <= 0:
+        pooled = [name for pool in self.blend.pools for name in pool.models]
+        if set(pooled) - set(names):
+            raise WeightsError(f"blend pools name unknown models: {sorted(set(pooled) - set(names))}")
+        if len(set(pooled)) != len(pooled):
+            twice = sorted({name for name in pooled if pooled.count(name) > 1})
+            raise WeightsError(f"a model may join one blend pool only: {twice}")
+        if {pool.name for pool in self.blend.pools} & set(names):
+            raise WeightsError("blend pool names must differ from model names")
+        if sum(m.weight for m in self.members()) <= 0:
             raise WeightsError("the blend weights sum to zero")
 
     def build_detector(self) -> nn.Module:
@@ -229,6 +275,22 @@ class Ensemble:
     def combine_for(self, spec: ModelSpec) -> str:
         """How a model's track scores make its video score: its own `video_score`, else the manifest's."""
         return spec.video_score or self.tracks.video_score
+
+    def members(self) -> list[Member]:
+        """The terms of the blend: each model not in a pool, in manifest order, then each pool."""
+        pooled = {name for pool in self.blend.pools for name in pool.models}
+        alone = [Member(m.name, (m.name,), m.aggregation, self.combine_for(m), m.weight)
+                 for m in self.models if m.name not in pooled]
+        return alone + [Member(p.name, p.models, p.aggregation, p.video_score, p.weight) for p in self.blend.pools]
+
+    def with_weights(self, weights: Mapping[str, float]) -> Ensemble:
+        """The ensemble with new blend weights, one per member (a model alone, or a pool) by name."""
+        names = {member.name for member in self.members()}
+        if set(weights) != names:
+            raise WeightsError(f"need a weight for exactly the blend's members {sorted(names)}, got {sorted(weights)}")
+        models = tuple(replace(m, weight=float(weights[m.name])) if m.name in weights else m for m in self.models)
+        pools = tuple(replace(p, weight=float(weights[p.name])) for p in self.blend.pools)
+        return replace(self, models=models, blend=replace(self.blend, pools=pools))
 
     def files(self) -> list[ManifestFile]:
         """Every file the manifest names, detector first, with the sha256 it gives for it."""

@@ -28,11 +28,17 @@ MARGIN_CUTS = ("floor", "exact", "round")
 ROUNDINGS = ("round", "truncate")
 PADS = ("zero", "reflect")
 PRECISIONS = ("uint8", "float64")
+FLIPS = ("none", "alternate")
+# Five-point face templates (left eye, right eye, nose, left and right mouth corners, in pixels of a square of the
+# given side) that `align` maps landmarks onto by a similarity transform.
+ALIGNMENTS = {
+    "wm": (320, ((122.5, 141.25), (197.5, 141.25), (160.0, 178.75), (137.5, 225.25), (182.5, 225.25))),  # \WM/
+}
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How a model wants its input: face crops of `size` (a side, or [height, width]), normalised per channel from
+    r"""How a model wants its input: face crops of `size` (a side, or [height, width]), normalised per channel from
     RGB in [0, 1], cut and resized the way the model was trained.
 
     Clip (3D CNN, N x 3 x T x H x W) and sequence (temporal 2D, N x T x 3 x H x W) models also say how many
@@ -62,6 +68,19 @@ class InputSpec:
       uint8 by truncation after (The Medics resized float64 squares and cast them with astype).
     - `box` (clip and sequence models): `centre`, the track's box at the clip's centre frame; `track_union`, the
       union of the track's boxes.
+    - `align`: a template of ALIGNMENTS: the face's five landmarks (a detector that gives them: RetinaFace) mapped
+      onto it by a similarity transform and warped onto the template's square (bilinear, black border) instead of
+      cut with a margin; `resize` (stretch) then takes the square to `size`.
+
+    Timeline (which frames; the defaults follow the run's key frames, or `clips` clips centred on them):
+    - `every` k >= 1: the model's own frames, from frame `start` every k-th frame, counted at about `fps` frames a
+      second (0: every video frame counts; NTech sampled at 15). A frame model's own frames join the frames faces
+      are found on; a clip or sequence model's clips start there, `frames` frames `stride` (sampled) frames apart.
+    - `limit`: at most this many inputs per track, the first ones (0: no limit; \WM/: 25 faces).
+    - `share` (period, first, count): of each `period` inputs of a track in time, keep `count` from the `first`
+      (NTech's two frame models took turns two by two: (4, 0, 2) and (4, 2, 2)).
+    - `flip`: `alternate` flips every other input of a track left-right, the first one included (counted before
+      `share`), as NTech did.
     """
 
     size: int | tuple[int, int]
@@ -81,6 +100,13 @@ class InputSpec:
     interpolation: tuple[str, str] = ("area", "linear")
     precision: str = "uint8"
     box: str = "centre"
+    align: str | None = None
+    fps: float = 0.0
+    every: int = 0
+    start: int = 0
+    limit: int = 0
+    share: tuple[int, int, int] = (1, 0, 1)
+    flip: str = "none"
 
     def __post_init__(self):
         if isinstance(self.interpolation, str):  # one name for both directions
@@ -99,9 +125,10 @@ class InputSpec:
         return (self.resize_to, self.resize_to) if isinstance(self.resize_to, int) else tuple(self.resize_to)
 
     @property
-    def clip_geometry(self) -> tuple[int, int, int]:
-        """(frames, stride, clips): which video frames a clip or sequence model sees."""
-        return self.frames, self.stride, self.clips
+    def timeline(self) -> tuple[int, int, int, float, int, int]:
+        """(frames, stride, clips, fps, every, start): which video frames the model sees (`clips` only counts for
+        clips centred on key frames)."""
+        return self.frames, self.stride, 0 if self.every else self.clips, self.fps, self.every, self.start
 
     def problems(self) -> list[str]:
         """What is wrong with this spec, in words (empty when it is valid)."""
@@ -122,6 +149,15 @@ class InputSpec:
              f"input interpolation must be (shrinking, enlarging) from {INTERPOLATIONS}, not {self.interpolation}"),
             (self.box in BOXES, f"input box must be one of {BOXES}, not {self.box!r}"),
             (self.stride >= 1 and self.clips >= 1, "input stride and clips must be at least 1"),
+            (self.align is None or self.align in ALIGNMENTS,
+             f"input align must be one of {tuple(ALIGNMENTS)} or null, not {self.align!r}"),
+            (self.fps >= 0 and self.every >= 0 and self.start >= 0 and self.limit >= 0,
+             "input fps, every, start and limit must be >= 0"),
+            (self.fps == 0 and self.start == 0 or self.every >= 1, "input fps and start need every >= 1"),
+            (len(self.share) == 3 and self.share[0] >= 1 and 0 <= self.share[1] and self.share[2] >= 1
+             and self.share[1] + self.share[2] <= self.share[0],
+             f"input share must be (period, first, count) with first + count <= period, not {self.share}"),
+            (self.flip in FLIPS, f"input flip must be one of {FLIPS}, not {self.flip!r}"),
         ]
         return [message for ok, message in checks if not ok]
 
