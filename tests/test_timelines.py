@@ -171,7 +171,8 @@ def test_a_sequence_model_that_scores_each_frame_gives_one_score_per_frame():
     clips = np.zeros((2, 3, 8, 8, 3), np.uint8)
     clips[0, 1] = 1
     clips[1, 2] = 2
-    tracks = [TrackCrops(clips={stack_key(spec): clips[:1]}), TrackCrops(), TrackCrops(clips={stack_key(spec): clips[1:]})]
+    key = stack_key(spec)
+    tracks = [TrackCrops(clips={key: clips[:1]}), TrackCrops(), TrackCrops(clips={key: clips[1:]})]
     scores = score_tracks(tracks, classifier, Accelerator("cpu"), batch_size=4)
     sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
     assert np.allclose(scores[0], sigmoid(np.array([0, 1, 0])), atol=1e-6)
@@ -205,7 +206,8 @@ def test_pools_are_checked_and_written_back(tmp_path):
     ensemble.with_weights({"c": 0.25, "ntech": 0.75}).save(path)
     assert [m.weight for m in load_ensemble(path).members()] == [0.25, 0.75]
     for pools, message in [([{"name": "p", "models": ["a", "z"]}], "unknown models"),
-                           ([{"name": "p", "models": ["a", "b"]}, {"name": "q", "models": ["b", "c"]}], "one blend pool"),
+                           ([{"name": "p", "models": ["a", "b"]}, {"name": "q", "models": ["b", "c"]}],
+                            "one blend pool"),
                            ([{"name": "a", "models": ["b", "c"]}], "differ from model names"),
                            ([{"name": "p", "models": ["a"]}], "at least two"),
                            ([{"name": "p", "models": ["a", "b"], "aggregation": "vote"}], "aggregation")]:
