@@ -5,7 +5,18 @@ import re
 from pathlib import Path
 
 from weights.manifest import AGGREGATIONS, VIDEO_SCORES
-from weights.registry import BOXES, INTERPOLATIONS, MARGIN_BASES, MARGIN_CUTS, PADS, PRECISIONS, RESIZES, ROUNDINGS
+from weights.registry import (
+    ALIGNMENTS,
+    BOXES,
+    FLIPS,
+    INTERPOLATIONS,
+    MARGIN_BASES,
+    MARGIN_CUTS,
+    PADS,
+    PRECISIONS,
+    RESIZES,
+    ROUNDINGS,
+)
 from zootools.importing.importer import ENTRY_FIELDS, INPUT_FIELDS, ImportResult, import_checkpoint
 from zootools.presets import SOURCES
 
@@ -45,6 +56,14 @@ def add_arguments(parser) -> None:
     preset.add_argument("--stride", type=int)
     preset.add_argument("--clips", type=int)
     preset.add_argument("--box", choices=BOXES)
+    preset.add_argument("--align", type=_optional(str), help=f"a landmark template ({'/'.join(ALIGNMENTS)}), or none")
+    preset.add_argument("--every", type=int, help="own timeline: every k-th sampled frame (0: the run's key frames)")
+    preset.add_argument("--fps", type=float, help="own timeline: sample the video at about this rate first")
+    preset.add_argument("--start", type=int, help="own timeline: its first frame")
+    preset.add_argument("--limit", type=int, help="at most this many inputs per track (0: no limit)")
+    preset.add_argument("--share", type=_integers(3), metavar="PERIOD,FIRST,COUNT",
+                        help="keep COUNT of each PERIOD inputs from FIRST (NTech: 4,0,2 and 4,2,2)")
+    preset.add_argument("--flip", choices=FLIPS, help="alternate: every other input mirrored")
     preset.add_argument("--aggregation", choices=AGGREGATIONS)
     preset.add_argument("--video-score", type=_optional(str), help=f"{'/'.join(VIDEO_SCORES)}; none: the manifest's")
     preset.add_argument("--tta", type=_optional(str), help="hflip, or none")
@@ -88,6 +107,17 @@ def _optional(convert):
 def _interpolation(text: str) -> list[str]:
     parts = [p.strip() for p in text.split(",")]
     return parts * 2 if len(parts) == 1 else parts
+
+
+def _integers(count: int):
+    def parse(text: str) -> list[int]:
+        values = [int(p) for p in text.split(",")]
+        if len(values) != count:
+            raise ValueError(text)
+        return values
+
+    parse.__name__ = f"{count} whole numbers"
+    return parse
 
 
 def _numbers(count: int):

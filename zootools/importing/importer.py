@@ -66,11 +66,27 @@ class ImportResult:
             f"  input: {spec.kind} {'x'.join(map(str, spec_input.shape))}, {resize} (rounding {spec_input.rounding}, "
             f"pad {spec_input.pad}), interpolation {'/'.join(spec_input.interpolation)} in {spec_input.precision}, "
             f"mean {list(spec_input.mean)}, std {[round(v, 6) for v in spec_input.std]}{clip}",
-            f"  margin: {margin}",
+            f"  margin: {margin}" + (f"; aligned on the {spec_input.align} template" if spec_input.align else ""),
+            f"  frames: {timeline(spec_input)}",
             f"  scores: aggregation {spec.aggregation}, video_score {spec.video_score or '(the manifest tracks)'}"
             f"{tta}, weight {spec.weight}",
         ]
         return "\n".join(lines)
+
+
+def timeline(spec_input: InputSpec) -> str:
+    """Which frames and faces a model sees, in words."""
+    if spec_input.every:
+        rate = f" sampled at {spec_input.fps:g} fps" if spec_input.fps else ""
+        words = f"own timeline: from frame {spec_input.start} every {spec_input.every}{rate}"
+    else:
+        words = "the run's key frames" + (" (clips centred on them)" if spec_input.frames > 1 else "")
+    if spec_input.share != (1, 0, 1):
+        period, first, count = spec_input.share
+        words += f"; {count} of each {period} from the {first + 1}."
+    if spec_input.limit:
+        words += f"; at most {spec_input.limit} per track"
+    return words + ("; every other one flipped" if spec_input.flip == "alternate" else "")
 
 
 def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None = None, arch: str | None = None,
