@@ -5,8 +5,9 @@ called (OpenCV, albumentations, torch), so a test compares the kit's inputs with
 Sources (read, not copied): selimsef/dfdc_deepfake_challenge `kernel_utils.py`; NTech-Lab/deepfake-detection-
 challenge `predict.py`; polimi-ispl/icpr2020dfdc `blazeface/face_extract.py` and `isplutils/utils.py`;
 jphdotam/DFDC `cnn3d/export/video_utils.py`; cuihaoleo/kaggle-dfdc as ../shared/reference/ANCHOR_CHECKPOINTS.md
-section 4 states it. albumentations 2.0.8 stands in for the teams' 0.4.x: both give equal pixels for these
-transforms (docs/bring-your-own-model.md says how that was checked).
+section 4 states it, and its `model_def/wsdan.py` (`TeamWSDAN`: the WS-DAN models themselves, on the libraries
+they ran). albumentations 2.0.8 stands in for the teams' 0.4.x: both give equal pixels for these transforms
+(docs/bring-your-own-model.md says how that was checked).
 
 `python -m tests.team_reference [--ensemble PATH]` prints, per source, how far the kit's input (what
 `python -m zootools show-input` writes) is from the team's on the real faces below.
@@ -206,6 +207,59 @@ def wm_square(face: Face) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     centre_y = min(max(int((y0 + y1) / 2), 160), height - 160)
     return (image[centre_y - 160:centre_y + 160, centre_x - 160:centre_x + 160],
             (centre_x - 80, centre_y - 80, centre_x + 80, centre_y + 80))
+
+
+# --- \WM/'s WS-DAN models (model_def/wsdan.py), built on the libraries they ran: Cadene's Xception
+# (pretrainedmodels 0.7.4, the layout of their xception_wsdan) and efficientnet_pytorch 0.6.3's B3 --------------
+
+
+class TeamWSDAN(torch.nn.Module):
+    """Their WSDAN at inference (M attention maps, GAP pooling): keys `features.*` (Xception) or `EFN.*` (B3, its
+    unused `_fc` included), `attentions.conv`, `attentions.bn` (eps 1e-3), `fc` (no bias). forward returns their
+    (logits, feature matrix, mean attention map)."""
+
+    def __init__(self, net: str, M: int = 8, num_classes: int = 2):  # noqa: N803 (their name)
+        super().__init__()
+        if net == "xception":
+            self.features = _team_xception()
+            self.num_features = 2048
+        else:
+            from efficientnet_pytorch import EfficientNet
+
+            self.EFN = EfficientNet.from_name("efficientnet-b3")
+            self.EFN.set_swish()
+            self.features = self.EFN.extract_features  # a bound method: no `features.*` keys
+            self.num_features = 1536
+        self.attentions = torch.nn.Module()
+        self.attentions.conv = torch.nn.Conv2d(self.num_features, M, 1, bias=False)
+        self.attentions.bn = torch.nn.BatchNorm2d(M, eps=0.001)
+        self.fc = torch.nn.Linear(M * self.num_features, num_classes, bias=False)
+
+    def forward(self, x):
+        feature_maps = self.features(x)
+        attention_maps = F.relu(self.attentions.bn(self.attentions.conv(feature_maps)), inplace=True)
+        _, _, height, width = feature_maps.size()
+        feature_matrix = torch.einsum("imjk,injk->imn", (attention_maps, feature_maps)) / float(height * width)
+        feature_matrix = feature_matrix.view(x.size(0), -1)
+        feature_matrix = torch.sign(feature_matrix) * torch.sqrt(torch.abs(feature_matrix) + 1e-12)
+        feature_matrix = F.normalize(feature_matrix, dim=-1)
+        p = self.fc(feature_matrix * 100.0)
+        return p, feature_matrix, torch.mean(attention_maps, dim=1, keepdim=True)
+
+
+def _team_xception() -> torch.nn.Module:
+    """Their xception_wsdan: Cadene's Xception without its head, ending with the ReLU Cadene's logits() applied."""
+    import pretrainedmodels
+
+    class XceptionFeatures(type(pretrainedmodels.xception(num_classes=1000, pretrained=None))):
+        def __init__(self):
+            super().__init__(num_classes=1000)
+            del self.fc  # Cadene's head (pretrainedmodels.xception() renames it last_linear)
+
+        def forward(self, x):
+            return F.relu(super().features(x))
+
+    return XceptionFeatures()
 
 
 # --- the per-video rules, written out as loops over the stated formulas ------------------------------------------

@@ -28,7 +28,7 @@ from weights.archs.mesonet import meso4
 from weights.archs.mtcnn import MTCNN, MTCNNDetector
 from weights.registry import IMAGENET, KINETICS
 
-HEAVY = {"i3d"}  # 64 frames at 224 px: several seconds per forward pass on a 2-core CPU
+HEAVY = {"i3d", "wsdan_xception", "wsdan_efficientnet_b3"}  # several seconds per forward pass on a 2-core CPU
 
 
 def example_input(arch: str) -> torch.Tensor:

@@ -6,7 +6,8 @@ summarised in ../shared/reference/ANCHOR_CHECKPOINTS.md), as the manifest's own 
 - `archs`: every architecture a checkpoint of that source may be imported as, each with its entry fields
   (`arch_kwargs`, `kind`, `input`, `positive_class`, `aggregation`, `video_score`, `tta`); `input` holds
   `weights.registry.InputSpec` fields.
-- `default_arch`: the architecture used without `--arch` (None: `--arch` is required).
+- `default_arch`: the architecture used without `--arch` (None: `--arch` is required); \\WM/'s WS-DAN checkpoints
+  are recognised from their keys instead (`zootools.importing.keymaps.recognised_arch`).
 - `detector` (optional): the detector settings that team ran (`python -m zootools build --detector-preset SOURCE`).
 - `fixed_positive_class`: True where the source fixes which class a 2-output head's column 1 is (\\WM/); False
   where a 2-output head needs `--positive-class` (The Medics: their class order came from `os.listdir`).
@@ -16,6 +17,7 @@ table: its entry is the architecture's registered defaults.
 """
 from __future__ import annotations
 
+from weights.archs.wsdan import WM_FACES
 from weights.registry import IMAGENET, SYMMETRIC
 
 RAW_PIXELS = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}  # 0-255, unnormalised
@@ -123,21 +125,20 @@ MEDICS = {
 # template (eyes 75 px apart at y = 141, mouth at y = 225), bilinear to 299, mean/std 0.5; mean over faces.
 # BlazeFace's keypoints are not those 5 points, so the preset stretches the box to 299 instead; margin 0.5 per
 # side is our estimate of how much of the 320 template a face box fills (about half): check it with `show-input`.
-# The team's two WS-DAN models (0.8 of their blend) have no architecture here.
+# The team's two WS-DAN models (0.7 and 0.1 of their blend, `model_def/wsdan.py`, M = 8 attention maps, 2 outputs,
+# softmax column 1 = FAKE) were saved as {"logs": numpy arrays, "state_dict", "feature_center"}: the Xception one
+# (`features.*`) read the aligned 320 face normalised with their dataset's mean/std; the efficientnet_pytorch 0.6.3
+# B3 one (`EFN.*`) read that normalised 320 tensor resized to 300 (F.interpolate, bilinear). Here both stretch the
+# box (margin 0.5, as the Xception) straight to their size.
+_WM_FRAME = {"kind": "frame", "positive_class": "FAKE", "aggregation": "mean", "video_score": "pool", "tta": []}
+_WM_CROP = {"margin": 0.5, "resize": "stretch", "interpolation": ["linear", "linear"]}
 WM = {
     "default_arch": "timm/legacy_xception",
     "fixed_positive_class": True,
     "archs": {
-        "timm/legacy_xception": {
-            "arch_kwargs": {},
-            "kind": "frame",
-            "input": {"size": 299, **SYMMETRIC, "margin": 0.5, "resize": "stretch",
-                      "interpolation": ["linear", "linear"]},
-            "positive_class": "FAKE",
-            "aggregation": "mean",
-            "video_score": "pool",
-            "tta": [],
-        },
+        "timm/legacy_xception": {**_WM_FRAME, "arch_kwargs": {}, "input": {"size": 299, **SYMMETRIC, **_WM_CROP}},
+        "wsdan_xception": {**_WM_FRAME, "arch_kwargs": {}, "input": {"size": 320, **WM_FACES, **_WM_CROP}},
+        "wsdan_efficientnet_b3": {**_WM_FRAME, "arch_kwargs": {}, "input": {"size": 300, **WM_FACES, **_WM_CROP}},
     },
 }
 

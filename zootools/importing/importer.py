@@ -10,7 +10,7 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from weights.archs.efficientnet import apply_static_padding
 from weights.checkpoint import WeightsError, load_checkpoint, sha256_of
 from weights.manifest import ModelSpec, as_tuples, default_manifest, load_ensemble
 from weights.registry import InputSpec, arch_config, create_model
-from zootools.importing.efficientnet_check import check_lukemelas
-from zootools.importing.keymaps import KeyMap, fp32, head_of, map_keys
-from zootools.importing.reading import ImportRefused, read_checkpoint, refuse_unsupported, unwrap
+from zootools.importing.efficientnet_check import check_lukemelas, lukemelas_padding
+from zootools.importing.keymaps import KeyMap, fp32, head_of, map_keys, recognised_arch
+from zootools.importing.reading import STATE_DICT_KEYS, ImportRefused, read_checkpoint, refuse_unsupported, unwrap
 from zootools.presets import PRESETS, SOURCES
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -110,7 +111,6 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
         raise ImportRefused(f"ensemble manifest not found: {manifest}; an import adds to an existing manifest "
                             "(it needs a detector): `python -m zootools build` writes one, or pass --ensemble")
     load_ensemble(manifest)  # refuses a broken manifest before any work
-    arch, entry = _preset(source, arch)
     name = name or _default_name(source, checkpoint)
     if not NAME_PATTERN.fullmatch(name):
         raise ImportRefused(f"model name {name!r}: use letters, digits, '_', '-' and '.' (it names the file)")
@@ -120,10 +120,12 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
         raise ImportRefused("--strip-prefix and --rename are for the plain source; the others map their own keys")
 
     what = checkpoint.name
-    state = unwrap(read_checkpoint(checkpoint), what)
+    saved = read_checkpoint(checkpoint)
+    state = unwrap(saved, what)
     refuse_unsupported(state, what)
+    arch, entry = _preset(source, arch or recognised_arch(source, state))
     keymap = map_keys(source, state, arch, strip_prefixes, renames)
-    notes = []
+    notes = [f"ignored beside the weights: {', '.join(extras)}"] if (extras := _beside_weights(saved)) else []
     cast = Counter(str(t.dtype).removeprefix("torch.") for t in keymap.state.values()
                    if t.is_floating_point() and t.dtype != torch.float32)
     keymap.state = {k: fp32(t) for k, t in keymap.state.items()}
@@ -134,6 +136,8 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
     arch_kwargs = dict(entry.get("arch_kwargs", {}))
     if head and f"{head}.weight" in keymap.state:
         arch_kwargs["num_classes"] = int(keymap.state[f"{head}.weight"].shape[0])
+    if "attentions.conv.weight" in keymap.state:  # WS-DAN: M attention maps
+        arch_kwargs["num_attentions"] = int(keymap.state["attentions.conv.weight"].shape[0])
     outputs = arch_kwargs.get("num_classes")
     if outputs is not None and outputs not in (1, 2):
         raise ImportRefused(f"{what}: the head {head} has {outputs} outputs; the kernel reads 1 (a logit) or 2")
@@ -141,7 +145,14 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
 
     spec = _spec(source, name, arch, arch_kwargs, entry, overrides or {}, positive_class, weight, outputs, what)
     if source in LUKEMELAS_SOURCES and "efficientnet" in arch:
-        notes.extend(check_lukemelas(model, state, arch, spec.input.shape, pinned=LUKEMELAS_SOURCES[source]))
+        padding = lukemelas_padding(model, arch, spec.input.shape)
+        if padding:  # timm's own padding is not 0.6.3's at this size: 0.6.3's fixed pads, checked below
+            apply_static_padding(model, padding["static_padding"])
+            spec = replace(spec, arch_kwargs={**spec.arch_kwargs, **padding})
+            notes.append(f"padding: efficientnet_pytorch 0.6.3's fixed pads for {padding['static_padding']} px "
+                         f"(static_padding; timm's own differ at {'x'.join(map(str, spec.input.shape))})")
+        notes.extend(check_lukemelas(model, state, arch, spec.input.shape, pinned=LUKEMELAS_SOURCES[source],
+                                     mean=spec.input.mean, std=spec.input.std))
     return _write(manifest, spec, keymap, model, notes, source, checkpoint)
 
 
@@ -163,6 +174,14 @@ def _preset(source: str, arch: str | None) -> tuple[str, dict]:
     if arch not in table["archs"]:
         raise ImportRefused(f"{source} checkpoints import as {', '.join(table['archs'])}, not {arch}")
     return arch, copy.deepcopy(table["archs"][arch])
+
+
+def _beside_weights(saved: Any) -> list[str]:
+    """The top-level entries of a checkpoint other than its state dict (epochs, logs, \\WM/'s feature_center):
+    not imported."""
+    if not isinstance(saved, Mapping) or all(isinstance(v, torch.Tensor) for v in saved.values()):
+        return []
+    return [str(k) for k in saved if k not in STATE_DICT_KEYS]
 
 
 def _default_name(source: str, checkpoint: Path) -> str:

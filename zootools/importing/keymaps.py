@@ -18,7 +18,12 @@ from zootools.importing.reading import ImportRefused
 
 # Heads of the registered (non-timm) architectures a source can target: the module whose weight's first
 # dimension is the number of outputs.
-REGISTERED_HEADS = {"i3d": "logits.conv3d", "resnet34_3d": "fc", "mc3_18": "fc", "r2plus1d_18": "fc", "r3d_18": "fc"}
+REGISTERED_HEADS = {"i3d": "logits.conv3d", "resnet34_3d": "fc", "mc3_18": "fc", "r2plus1d_18": "fc", "r3d_18": "fc",
+                    "wsdan_xception": "fc", "wsdan_efficientnet_b3": "fc"}
+# \WM/'s WS-DAN backbones by their keys' prefix: Cadene's Xception (`features.*`, timm's names already) or
+# efficientnet_pytorch's B3 (`EFN.*`, lukemelas' names).
+WSDAN_BACKBONES = {"features.": "wsdan_xception", "EFN.": "wsdan_efficientnet_b3"}
+TIMM_EFFICIENTNET_TOPS = ("conv_stem.", "bn1.", "blocks.", "conv_head.", "bn2.")  # a timm EfficientNet's backbone
 
 # efficientnet_pytorch's native input sides (its `efficientnet_params`): what >= 0.7 bakes its padding for.
 
@@ -118,6 +123,24 @@ def _efficientnet_hint(blocks: int) -> str:
         if variant else "not an EfficientNet-B0..B7 layout"
 
 
+def recognised_arch(source: str, state: Mapping[str, torch.Tensor]) -> str | None:
+    """The architecture a checkpoint's keys call for where a source saved several kinds (\\WM/: a WS-DAN's
+    attention maps and its backbone's prefix), else None (the source's default)."""
+    if source != "wm" or "attentions.conv.weight" not in state:
+        return None
+    return next((arch for prefix, arch in WSDAN_BACKBONES.items() if any(k.startswith(prefix) for k in state)), None)
+
+
+def map_wsdan_efficientnet(keymap: KeyMap) -> None:
+    """\\WM/'s `EFN.*` (lukemelas' B3, its unused `_fc` included) -> `features.*` under timm's tf_efficientnet_b3
+    names; `attentions.*` and `fc.*` keep theirs."""
+    keymap.drop("EFN._fc.", "efficientnet_pytorch's ImageNet head, unused by WS-DAN")
+    keymap.strip("EFN.")
+    map_lukemelas(keymap, "timm/tf_efficientnet_b3")
+    for top in TIMM_EFFICIENTNET_TOPS:
+        keymap.rename(top, f"features.{top}", "EFN.* -> features.*")
+
+
 def head_of(arch: str) -> str | None:
     """The module name of an architecture's classifier (its weight's first dimension = outputs), if known."""
     if arch.startswith(TIMM_PREFIX):
@@ -146,6 +169,8 @@ def map_keys(source: str, state: Mapping[str, torch.Tensor], arch: str, strip_pr
     elif source == "medics" and arch == "timm/legacy_seresnext50_32x4d":
         keymap.strip("backbone.")
         keymap.rename("fc.", "last_linear.")
+    elif source == "wm" and arch == "wsdan_efficientnet_b3":
+        map_wsdan_efficientnet(keymap)
     elif source == "wm":
         keymap.rename("last_linear.", "fc.")
     elif source == "plain":

@@ -24,21 +24,23 @@ class ImportRefused(WeightsError):
     """A checkpoint cannot be imported; the message says why in one line. Nothing was written."""
 
 
-def _numpy_scalar():
-    core = getattr(np, "_core", None) or np.core
-    return core.multiarray.scalar
+# What a numpy number or array in a pickle may be: the plain numeric dtypes (bool, integers, floats). An object
+# array's pickle holds arbitrary objects, so ObjectDType (and void, strings, ...) stay refused.
+PLAIN_NUMERIC = "?bBhHiIlLqQefd"
 
 
 def safe_globals() -> list:
-    """The smallest allowlist that reads the teams' pickles beyond torch's own: numpy's scalar reconstructor
-    (under its numpy 1.x and 2.x names), `numpy.dtype`, and the float64 dtype class its state is built on (the
-    1st place's `bce_best`). Any other dtype class (object, void, ...) stays refused."""
-    scalar = _numpy_scalar()
-    allowed = [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
-               np.dtype]
-    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25: dtypes have their own classes
-    if dtypes is not None:
-        allowed.append(dtypes.Float64DType)
+    """The smallest allowlist that reads the teams' pickles beyond torch's own: numpy's scalar and array
+    reconstructors (under their numpy 1.x and 2.x names), `numpy.ndarray`, `numpy.dtype`, and the dtype classes
+    of plain numeric dtypes (the 1st place's float64 `bce_best`, \\WM/'s `logs` arrays). Any other dtype class
+    (object, void, ...) stays refused: torch's unpickler builds only allowlisted classes."""
+    multiarray = (getattr(np, "_core", None) or np.core).multiarray
+    allowed = [np.ndarray, np.dtype]
+    for function in (multiarray.scalar, multiarray._reconstruct):
+        allowed += [function, *((function, f"{package}.multiarray.{function.__name__}")
+                                for package in ("numpy.core", "numpy._core"))]
+    if getattr(np, "dtypes", None) is not None:  # numpy >= 1.25: dtypes have their own classes
+        allowed += list(dict.fromkeys(type(np.dtype(code)) for code in PLAIN_NUMERIC))
     return allowed
 
 
@@ -96,7 +98,8 @@ def read_checkpoint(path: Path | str) -> Any:
         what = _pickle_refusal(error)
         hint = " (a whole pickled model: save model.state_dict())" if what.startswith("torch.nn.modules.") else ""
         raise ImportRefused(f"{path.name}: refused to unpickle {what}{hint}: weights-only loading allows tensors, "
-                            "plain containers and numpy float64 scalars (nothing in it ran)") from None
+                            "plain containers and numpy numbers and arrays of plain numeric dtypes (nothing in it "
+                            "ran)") from None
     except Exception as error:  # a file cut short fails in many places (EOFError, IndexError, struct.error, ...)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImportRefused(f"{path.name}: unreadable torch file ({reason})") from None
@@ -124,8 +127,6 @@ def unwrap(obj: Any, what: str = "checkpoint") -> dict[str, torch.Tensor]:
 
 
 UNSUPPORTED_LAYOUTS = (
-    (re.compile(r"(^|\.)attentions\.(conv|bn)\."),
-     "a WS-DAN model (attention maps + bilinear attention pooling, \\WM/'s blend): no architecture here"),
     (re.compile(r"(^|\.)attconv\."),
      "an EfficientNet with polimi's attention block (efficientnet.attconv.*): no architecture here"),
     (re.compile(r"^(module\.)?feat_ext\."),
