@@ -3,17 +3,18 @@ the source library's at the entry's input size (their padding differs off multip
 the native size)."""
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from timm.layers import get_same_padding
 from torch import nn
 
-from weights.registry import TIMM_PREFIX
-from zootools.importing.keymaps import fp32, lukemelas_native
+from weights.registry import IMAGENET, TIMM_PREFIX
+from zootools.importing.keymaps import fp32
 from zootools.importing.reading import ImportRefused
+from zootools.importing.variants import layout_arch
 
 # efficientnet_pytorch's native input sides (its `efficientnet_params`): what >= 0.7 bakes its padding for.
 LUKEMELAS_NATIVE_SIZE = {0: 224, 1: 240, 2: 260, 3: 300, 4: 380, 5: 456, 6: 528, 7: 600}
@@ -25,27 +26,25 @@ CHECK_TOLERANCE = 1e-3
 
 
 def check_lukemelas(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, shape: tuple[int, int],
-                    pinned: bool) -> list[str]:
+                    pinned: bool, arch_kwargs: Mapping | None = None) -> list[str]:
     """Show, at the entry's input size, that the timm model equals the source model as the installed
     efficientnet_pytorch builds it (its default, native image size, as the teams built it); refuse otherwise.
 
     efficientnet_pytorch 0.6.x pads every stride-2 convolution for an even side, which is TF "same" wherever the
     input sides are multiples of 32; >= 0.7 bakes the padding for the model's native size and differs from timm
-    elsewhere (B4 built for 380, run at 224). Returns the summary's lines (the check, and for an unpinned source a
-    warning where >= 0.7's padding would have differed)."""
+    elsewhere (B4 built for 380, run at 224). The team variants (`arch_kwargs`: their `variant`, `frames`) are
+    compared with the team's own model (`team_models`), a temporal one on one clip of `frames` frames. Returns the
+    summary's lines (the check, and for an unpinned source a warning where >= 0.7's padding would have differed)."""
     try:
         import efficientnet_pytorch
-        from efficientnet_pytorch import EfficientNet
+
+        from zootools.importing.team_models import team_model
     except ImportError:
         raise ImportRefused("efficientnet_pytorch is needed to check this checkpoint's padding against timm at "
                             f"{shape[0]}x{shape[1]} (pip install --no-deps -r requirements-sources.txt)") from None
-    variant = int(re.search(r"efficientnet_b(\d)", arch).group(1))
-    native = lukemelas_native(state)
-    outputs = int(native["_fc.weight"].shape[0])
-    if "override_params" in inspect.signature(EfficientNet.from_name).parameters:  # 0.6.x
-        source = EfficientNet.from_name(f"efficientnet-b{variant}", override_params={"num_classes": outputs})
-    else:  # 0.7+: overrides as keyword arguments
-        source = EfficientNet.from_name(f"efficientnet-b{variant}", num_classes=outputs)
+    arch_kwargs = arch_kwargs or {}
+    variant = int(re.search(r"efficientnet_b(\d)", layout_arch(arch, arch_kwargs)).group(1))
+    source, native = team_model(arch, arch_kwargs, variant, state)
     native = {k: fp32(v) for k, v in native.items()}
     for key in source.state_dict():
         if key not in native and key.endswith(".num_batches_tracked"):
@@ -56,12 +55,10 @@ def check_lukemelas(model: nn.Module, state: Mapping[str, torch.Tensor], arch: s
         raise ImportRefused(f"efficientnet_pytorch's EfficientNet-B{variant} does not load the checkpoint: "
                             f"{str(error).splitlines()[0]}") from None
     source.eval()
-    generator = torch.Generator().manual_seed(0)
-    pixels = torch.randn(1, 3, *shape, generator=generator)
+    pixels = image_like(arch_kwargs.get("frames", 1), shape)  # a temporal model's: one clip
     with torch.inference_mode():  # the feature maps show a padding difference whatever the head's weights
         reference_features, features = source.extract_features(pixels), model.forward_features(pixels)
-        reference = source._fc(source._avg_pooling(reference_features).flatten(1))
-        logits = model.forward_head(features)
+        reference, logits = source.head(reference_features), model.forward_head(features)
     scale = float(reference_features.abs().max())
     if reference_features.shape != features.shape:  # 0.6.x at odd sides: other feature-map sizes
         difference = logit_difference = float("inf")
@@ -84,6 +81,18 @@ def check_lukemelas(model: nn.Module, state: Mapping[str, torch.Tensor], arch: s
                      f"padding was baked for {LUKEMELAS_NATIVE_SIZE[variant]} px and differs from timm at {where} "
                      f"in {', '.join(baked)}: confirm the scores on known videos")
     return notes
+
+
+def image_like(count: int, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """`count` smooth colour images (coarse noise upsampled, with a fine grain) in [0, 1], ImageNet-normalised: a
+    checkpoint's BatchNorm statistics turn Gaussian noise into activations around 1e5, where float32's rounding
+    alone breaks a relative tolerance."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, max(shape[0] // 16, 2), max(shape[1] // 16, 2), generator=generator)
+    pixels = F.interpolate(coarse, size=shape, mode="bicubic", align_corners=False)
+    pixels = (pixels + 0.05 * torch.randn(count, 3, *shape, generator=generator)).clamp(0, 1)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET["mean"], IMAGENET["std"]))
+    return (pixels - mean) / std
 
 
 def baked_padding_differences(model: nn.Module, native: int, shape: tuple[int, int]) -> list[str]:

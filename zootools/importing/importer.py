@@ -24,6 +24,7 @@ from weights.registry import InputSpec, arch_config, create_model
 from zootools.importing.efficientnet_check import check_lukemelas
 from zootools.importing.keymaps import KeyMap, fp32, head_of, map_keys
 from zootools.importing.reading import ImportRefused, read_checkpoint, refuse_unsupported, unwrap
+from zootools.importing.variants import choose_arch, layout_arch, variant_kwargs
 from zootools.presets import PRESETS, SOURCES
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -94,7 +95,6 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
         raise ImportRefused(f"ensemble manifest not found: {manifest}; an import adds to an existing manifest "
                             "(it needs a detector): `python -m zootools build` writes one, or pass --ensemble")
     load_ensemble(manifest)  # refuses a broken manifest before any work
-    arch, entry = _preset(source, arch)
     name = name or _default_name(source, checkpoint)
     if not NAME_PATTERN.fullmatch(name):
         raise ImportRefused(f"model name {name!r}: use letters, digits, '_', '-' and '.' (it names the file)")
@@ -106,7 +106,10 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
     what = checkpoint.name
     state = unwrap(read_checkpoint(checkpoint), what)
     refuse_unsupported(state, what)
-    keymap = map_keys(source, state, arch, strip_prefixes, renames)
+    arch, entry = _preset(source, choose_arch(source, state, arch))
+    frames = (overrides or {}).get("frames") or entry.get("input", {}).get("frames", 1)
+    arch_kwargs = {**entry.get("arch_kwargs", {}), **variant_kwargs(arch, state, frames)}
+    keymap = map_keys(source, state, layout_arch(arch, arch_kwargs), strip_prefixes, renames)
     notes = []
     cast = Counter(str(t.dtype).removeprefix("torch.") for t in keymap.state.values()
                    if t.is_floating_point() and t.dtype != torch.float32)
@@ -115,7 +118,6 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
         notes.append("cast to float32: " + ", ".join(f"{n} {dtype}" for dtype, n in cast.items()))
 
     head = head_of(arch)
-    arch_kwargs = dict(entry.get("arch_kwargs", {}))
     if head and f"{head}.weight" in keymap.state:
         arch_kwargs["num_classes"] = int(keymap.state[f"{head}.weight"].shape[0])
     outputs = arch_kwargs.get("num_classes")
@@ -125,7 +127,8 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
 
     spec = _spec(source, name, arch, arch_kwargs, entry, overrides or {}, positive_class, weight, outputs, what)
     if source in LUKEMELAS_SOURCES and "efficientnet" in arch:
-        notes.extend(check_lukemelas(model, state, arch, spec.input.shape, pinned=LUKEMELAS_SOURCES[source]))
+        notes.extend(check_lukemelas(model, state, arch, spec.input.shape, pinned=LUKEMELAS_SOURCES[source],
+                                     arch_kwargs=arch_kwargs))
     return _write(manifest, spec, keymap, model, notes, source, checkpoint)
 
 

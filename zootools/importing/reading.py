@@ -126,19 +126,12 @@ def unwrap(obj: Any, what: str = "checkpoint") -> dict[str, torch.Tensor]:
 UNSUPPORTED_LAYOUTS = (
     (re.compile(r"(^|\.)attentions\.(conv|bn)\."),
      "a WS-DAN model (attention maps + bilinear attention pooling, \\WM/'s blend): no architecture here"),
-    (re.compile(r"(^|\.)attconv\."),
-     "an EfficientNet with polimi's attention block (efficientnet.attconv.*): no architecture here"),
-    (re.compile(r"^(module\.)?feat_ext\."),
-     "a polimi siamese-tuned model (feat_ext.* + a BatchNorm1d head): no architecture here"),
 )
 
 
 def refuse_unsupported(state: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
     """Refuse layouts this project has no architecture for, naming the layout."""
-    for key, tensor in state.items():
-        if key.endswith("_expand_conv.weight") and tensor.dim() == 5:
-            raise ImportRefused(f"{what}: NTech's temporal EfficientNet ({key} is a 5-D Conv3d over frames): "
-                                "no architecture here")
+    for key in state:
         for pattern, reason in UNSUPPORTED_LAYOUTS:
             if pattern.search(key):
                 raise ImportRefused(f"{what}: {reason} ({key})")
