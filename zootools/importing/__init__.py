@@ -8,8 +8,9 @@ The steps, each a function the tests call on its own (module in brackets):
    other class in the pickle refuses the file, and nothing in it runs.
 2. `unwrap` (reading): the state dict inside `{"state_dict": ...}`, `{"model": ...}` (and `net`,
    `model_state_dict`) or a plain dict of tensors.
-3. `refuse_unsupported` (reading): layouts with no architecture here (WS-DAN attention, NTech's temporal Conv3d
-   blocks, polimi's attention and siamese-tuned variants) are named and refused.
+3. `refuse_unsupported` (reading): layouts with no architecture here (WS-DAN attention) are named and refused;
+   `choose_arch` (variants): NTech's temporal and polimi's attention / siamese-tuned EfficientNets are found by
+   their keys, with their B-variant.
 4. `map_keys` (keymaps): the source's renames onto the target architecture (`module.` and the other wrapper prefixes
    stripped, unused heads dropped, heads renamed, lukemelas' efficientnet_pytorch keys onto timm's
    `tf_efficientnet_bN`, the stage layout read from timm's model itself).
