@@ -69,6 +69,7 @@ def test_temporal_b7_keys_and_shapes_equal_ntech_sequence_model():
 
 
 def test_ntech_temporal_b0_imports_with_one_command_and_matches(tmp_path, manifest, capsys):  # noqa: F811
+    torch.manual_seed(0)
     team = calibrate(ntech_sequence_model("efficientnet-b0"), clips_like(2, 7, 64, 64, seed=0).flatten(0, 1))
     with torch.no_grad():  # logits of order 1
         team._fc.weight.normal_(0, 0.05)
@@ -107,6 +108,7 @@ def test_a_temporal_checkpoint_into_a_2d_arch_is_refused(tmp_path, manifest):  #
 @pytest.mark.slow
 def test_ntech_temporal_b7_round_trip_at_224x192(tmp_path, manifest):  # noqa: F811
     """The suite's one B7-sized round trip: NTech's B7 sequence model, fp16, imported without --arch."""
+    torch.manual_seed(0)
     torch.set_num_threads(2)  # B7 on 7 frames is big enough to use both cores
     team = calibrate(ntech_sequence_model("efficientnet-b7"), clips_like(1, 7, 224, 192, seed=0).flatten(0, 1))
     with torch.no_grad():
@@ -115,4 +117,5 @@ def test_ntech_temporal_b7_round_trip_at_224x192(tmp_path, manifest):  # noqa: F
     save_fp16(team, path)
     result = import_checkpoint("ntech", path, name="ntech_seq_b7", ensemble=manifest)
     assert result.spec.arch_kwargs == {"variant": "b7", "frames": 7, "num_classes": 1} and result.tensors == 1200
-    assert relative_difference(team, imported_model(result), clips_like(1, 7, 224, 192, seed=5)) <= TOLERANCE
+    # B7's 55 blocks in float32: the features differ by 3.4e-5 of their scale, the logits by 1.6e-5 (measured)
+    assert relative_difference(team, imported_model(result), clips_like(1, 7, 224, 192, seed=5)) <= 1e-4

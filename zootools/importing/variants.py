@@ -65,13 +65,14 @@ def lukemelas_variant(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def variant_kwargs(arch: str, state: Mapping[str, torch.Tensor], frames: int) -> dict:
-    """The arch kwargs a team variant takes from the checkpoint (`variant`) and from the entry (`frames`, the
-    clip length the temporal convolutions reshape by); none for other architectures."""
-    if arch not in LAYOUTS:
-        return {}
-    return {"variant": lukemelas_variant(state), **({"frames": frames} if arch == "efficientnet_temporal" else {})}
+    """The arch kwargs a team variant takes from the entry (`frames`, the clip length its temporal convolutions
+    reshape by) and, from a checkpoint in lukemelas' layout, `variant`; none for other architectures."""
+    kwargs = {"frames": frames} if arch == "efficientnet_temporal" else {}
+    if arch in LAYOUTS and any(re.search(r"(?:^|\.)_blocks\.\d+\.", key) for key in state):
+        kwargs["variant"] = lukemelas_variant(state)
+    return kwargs
 
 
 def layout_arch(arch: str, arch_kwargs: Mapping) -> str:
     """The timm EfficientNet whose block layout (and key names) a team variant shares; `arch` itself otherwise."""
-    return f"{TIMM_PREFIX}tf_efficientnet_{arch_kwargs['variant']}" if arch in LAYOUTS else arch
+    return f"{TIMM_PREFIX}tf_efficientnet_{arch_kwargs['variant']}" if "variant" in arch_kwargs else arch
