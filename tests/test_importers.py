@@ -408,22 +408,27 @@ def test_two_outputs_without_positive_class_are_refused(tmp_path, manifest):
     assert "2-output" in message
 
 
-def test_ntech_temporal_model_is_refused(tmp_path, manifest):
+def test_ntech_temporal_model_is_imported_not_refused(tmp_path, manifest):
+    """Formerly refused: the 5-D `_expand_conv.conv.weight` now selects efficientnet_temporal (tests in
+    test_ntech_temporal.py); a 2D --arch for it is refused, naming the architecture to use."""
     state = lukemelas_b0().state_dict()
-    weight = state["_blocks.1._expand_conv.weight"]  # out x in x 1 x 1 -> Conv3d over 3 frames
-    state["_blocks.1._expand_conv.weight"] = weight.unsqueeze(2).repeat(1, 1, 3, 1, 1)
+    weight = state.pop("_blocks.1._expand_conv.weight")  # out x in x 1 x 1 -> Conv3d over 3 frames
+    state["_blocks.1._expand_conv.conv.weight"] = weight.unsqueeze(2).repeat(1, 1, 3, 1, 1)
     path = tmp_path / "sequence_model.pth"
     torch.save(state, path)
-    refused(manifest, "temporal", "ntech", path, arch="timm/tf_efficientnet_b0")
+    refused(manifest, "import it as efficientnet_temporal", "ntech", path, arch="timm/tf_efficientnet_b0")
 
 
-def test_polimi_attention_is_refused(tmp_path, manifest):
+def test_polimi_attention_is_imported_not_refused(tmp_path, manifest):
+    """Formerly refused: `efficientnet.attconv.*` now selects efficientnet_autoatt (tests in
+    test_polimi_variants.py); only the attention's shape is checked here."""
     state = PolimiEfficientNet().state_dict()
     state["efficientnet.attconv.weight"] = torch.zeros(1, 40, 1, 1)
     state["efficientnet.attconv.bias"] = torch.zeros(1)
     path = tmp_path / "EfficientNetAutoAttB4_DFDC_bestval.pth"
     torch.save(state, path)
-    refused(manifest, "attconv", "polimi", path, arch="timm/tf_efficientnet_b0")
+    result = import_checkpoint("polimi", path, name="att", ensemble=manifest)
+    assert (result.spec.arch, result.spec.arch_kwargs) == ("efficientnet_autoatt", {"variant": "b0", "num_classes": 1})
 
 
 def test_missing_keys_are_named(tmp_path, manifest):

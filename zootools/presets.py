@@ -56,27 +56,32 @@ SELIMSEF = {
 
 # --- NTech-Lab/deepfake-detection-challenge (3rd place) --------------------------------------------------------
 # Training: EfficientNet-B7 built with lukemelas' efficientnet_pytorch 0.6.3 (pinned), 1 logit; saved as plain fp16
-# state dicts (`_conv_stem`, `_blocks.N.*`, `_fc`). The sequence model's Conv3d `_expand_conv` (5-D) has no
-# architecture here. Input: DSFD boxes scaled x1.5 about their centre in float (0.25 of the box per side), corners
+# state dicts (`_conv_stem`, `_blocks.N.*`, `_fc`). The sequence model (`efficientnet_temporal`, found by its 5-D
+# `_expand_conv.conv.weight`) ran 7 consecutive frames sampled at 15 fps (every 2nd frame of DFDC's 30 fps) through
+# the B7 with Conv3d expansions, one logit per frame, its crops cut with the box of the middle frame (`box`'s
+# default, `centre`). Input: DSFD boxes scaled x1.5 about their centre in float (0.25 of the box per side), corners
 # cut to int after; crops 224 high x 192 wide, albumentations 0.4.3 (INTER_LINEAR both ways, new sides rounded);
 # model 2 and the sequence model: SmallestMaxSize(224) + CenterCrop(224, 192) (this preset); model 1:
 # SmallestMaxSize(192) + PadIfNeeded(224, 192) with its default reflecting border + CenterCrop (import it with
 # --resize-to 192 --pad reflect). ImageNet mean/std. Alternate frames were flipped horizontally (not reproduced:
 # each crop is scored once). Per video: every score sharpened (|p - 0.5|^0.65), weighted by |p - 0.5| + 1e-4 of
-# the original score, pooled over all tracks.
+# the original score, pooled over all tracks (the sequence model's frames too: about half of their votes).
+_NTECH = {
+    "arch_kwargs": {},
+    "kind": "frame",
+    "input": {"size": [224, 192], **IMAGENET, "margin": 0.25, "margin_cut": "exact",
+              "resize": "short_side_center_crop", "resize_to": 224, "interpolation": ["linear", "linear"]},
+    "positive_class": "FAKE",
+    "aggregation": "sharpen",
+    "video_score": "pool",
+    "tta": [],
+}
 NTECH = {
     "default_arch": "timm/tf_efficientnet_b7",
     "fixed_positive_class": True,
-    "archs": _each(EFFICIENTNETS, {
-        "arch_kwargs": {},
-        "kind": "frame",
-        "input": {"size": [224, 192], **IMAGENET, "margin": 0.25, "margin_cut": "exact",
-                  "resize": "short_side_center_crop", "resize_to": 224, "interpolation": ["linear", "linear"]},
-        "positive_class": "FAKE",
-        "aggregation": "sharpen",
-        "video_score": "pool",
-        "tta": [],
-    }),
+    "archs": {**_each(EFFICIENTNETS, _NTECH),
+              "efficientnet_temporal": {**_NTECH, "kind": "sequence",
+                                        "input": {**_NTECH["input"], "frames": 7, "stride": 2}}},
 }
 
 # --- jphdotam/DFDC (5th place, "The Medics") -------------------------------------------------------------------
@@ -145,8 +150,9 @@ WM = {
 # --- polimi-ispl/icpr2020dfdc (popular public weights) ---------------------------------------------------------
 # Training: `EfficientNetB4` = lukemelas' EfficientNet-B4 under `efficientnet.` (its `_fc` deleted) + `classifier`
 # [1, 1792], 1 logit, sigmoid; released as plain state dicts. efficientnet_pytorch is unpinned (>= 0.7 bakes the
-# padding for B4's native 380 px; the faces were 224). Attention (`efficientnet.attconv.*`) and siamese-tuned
-# (`feat_ext.*`, BatchNorm1d head) variants have no architecture here. Their Xception (Cadene layout under
+# padding for B4's native 380 px; the faces were 224). The attention (`efficientnet.attconv.*`:
+# `efficientnet_autoatt`) and siamese-tuned (`feat_ext.*`, BatchNorm1d head: `efficientnet_st`,
+# `efficientnet_autoatt_st`) variants, found by those keys, were fed the same. Their Xception (Cadene layout under
 # `xception.`, `last_linear` [1, 2048]) imports with --arch timm/legacy_xception. Input: BlazeFace boxes (float32)
 # with a margin of round(0.2 x the box's height), twice above and once on the other three sides, clamped, corners
 # cut to int; "scale" policy: albumentations PadIfNeeded(224, 224) (zeros, centred, only a short side) then
@@ -165,7 +171,8 @@ _POLIMI = {
 POLIMI = {
     "default_arch": "timm/tf_efficientnet_b4",
     "fixed_positive_class": True,
-    "archs": {**_each(EFFICIENTNETS, _POLIMI), "timm/legacy_xception": _POLIMI},
+    "archs": {**_each(EFFICIENTNETS, _POLIMI), "timm/legacy_xception": _POLIMI,
+              **_each(("efficientnet_autoatt", "efficientnet_st", "efficientnet_autoatt_st"), _POLIMI)},
 }
 
 PRESETS = {"selimsef": SELIMSEF, "ntech": NTECH, "medics": MEDICS, "wm": WM, "polimi": POLIMI}

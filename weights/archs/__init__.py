@@ -1,2 +1,11 @@
 """Architectures that timm and torchvision lack; importing this package registers them."""
-from weights.archs import blazeface, efficientnet, mesonet, mtcnn, temporal, video3d, wsdan  # noqa: F401
+from weights.archs import (  # noqa: F401
+    blazeface,
+    efficientnet,
+    mesonet,
+    mtcnn,
+    team_efficientnets,
+    temporal,
+    video3d,
+    wsdan,
+)

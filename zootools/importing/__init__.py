@@ -4,12 +4,12 @@ The steps, each a function the tests call on its own (module in brackets):
 
 1. `read_checkpoint` (reading): `.pth`, `.pt`, `.model`, extension-less files (the format is sniffed, not guessed
    from the name) and `.safetensors`. Pickles are read only with `torch.load(weights_only=True)` and an allowlist
-   of numpy's scalar reconstructor, `numpy.dtype` and the float64 dtype class (the 1st place's `bce_best`); any
-   other class in the pickle refuses the file, and nothing in it runs.
+   of numpy's scalar and array reconstructors for plain numeric dtypes (the 1st place's `bce_best`, \\WM/'s `logs`);
+   any other class in the pickle (an object array's included) refuses the file, and nothing in it runs.
 2. `unwrap` (reading): the state dict inside `{"state_dict": ...}`, `{"model": ...}` (and `net`,
    `model_state_dict`) or a plain dict of tensors.
-3. `refuse_unsupported` (reading): layouts with no architecture here (WS-DAN attention, NTech's temporal Conv3d
-   blocks, polimi's attention and siamese-tuned variants) are named and refused.
+3. `choose_arch` (variants) and `recognised_arch` (keymaps): NTech's temporal, polimi's attention / siamese-tuned
+   EfficientNets (with their B-variant) and \\WM/'s WS-DAN models are found by their keys.
 4. `map_keys` (keymaps): the source's renames onto the target architecture (`module.` and the other wrapper prefixes
    stripped, unused heads dropped, heads renamed, lukemelas' efficientnet_pytorch keys onto timm's
    `tf_efficientnet_bN`, the stage layout read from timm's model itself).
@@ -24,7 +24,7 @@ Every refusal is an `ImportRefused` (a `WeightsError`) with a one-line reason. `
 from zootools.importing.efficientnet_check import baked_padding_differences, check_lukemelas
 from zootools.importing.importer import ImportResult, import_checkpoint
 from zootools.importing.keymaps import map_keys
-from zootools.importing.reading import ImportRefused, read_checkpoint, refuse_unsupported, unwrap
+from zootools.importing.reading import ImportRefused, read_checkpoint, unwrap
 
 __all__ = ["ImportRefused", "ImportResult", "baked_padding_differences", "check_lukemelas", "import_checkpoint",
-           "map_keys", "read_checkpoint", "refuse_unsupported", "unwrap"]
+           "map_keys", "read_checkpoint", "unwrap"]

@@ -4,7 +4,6 @@ convolution sees an even side; elsewhere the import takes 0.6.3's fixed pads (`s
 bakes still other pads for the native size."""
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Mapping
 
@@ -14,8 +13,9 @@ from torch import nn
 
 from weights.archs.efficientnet import DYNAMIC_SAME, StaticSameConv2d, static_same_pads
 from weights.registry import IMAGENET, TIMM_PREFIX
-from zootools.importing.keymaps import fp32, lukemelas_native
+from zootools.importing.keymaps import fp32
 from zootools.importing.reading import ImportRefused
+from zootools.importing.variants import layout_arch
 
 # efficientnet_pytorch's native input sides (its `efficientnet_params`): what >= 0.7 bakes its padding for.
 LUKEMELAS_NATIVE_SIZE = {0: 224, 1: 240, 2: 260, 3: 300, 4: 380, 5: 456, 6: 528, 7: 600}
@@ -53,28 +53,28 @@ def lukemelas_padding(model: nn.Module, arch: str, shape: tuple[int, int]) -> di
 
 
 def check_lukemelas(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, shape: tuple[int, int],
-                    pinned: bool, mean=IMAGENET["mean"], std=IMAGENET["std"]) -> list[str]:
+                    pinned: bool, mean=IMAGENET["mean"], std=IMAGENET["std"],
+                    arch_kwargs: Mapping | None = None) -> list[str]:
     """Show, at the entry's input size, that the imported model equals the source model as the installed
     efficientnet_pytorch builds it (its default, native image size, as the teams built it), on a picture-like
     input normalised with `mean` and `std`; refuse otherwise.
 
     efficientnet_pytorch 0.6.x pads every "same" convolution with fixed pads for the native size, which timm's
     dynamic padding equals wherever every stride-2 convolution sees an even side (the importer gives the model
-    0.6.3's pads elsewhere); >= 0.7 bakes other pads (B4 built for 380, run at 224). Returns the summary's lines
-    (the check, and for an unpinned source a warning where >= 0.7's padding would have differed)."""
+    0.6.3's pads elsewhere); >= 0.7 bakes other pads (B4 built for 380, run at 224). The team variants
+    (`arch_kwargs`: their `variant`, `frames`) are compared with the team's own model (`team_models`), a temporal
+    one on one clip of `frames` frames. Returns the summary's lines (the check, and for an unpinned source a
+    warning where >= 0.7's padding would have differed)."""
     try:
         import efficientnet_pytorch
-        from efficientnet_pytorch import EfficientNet
+
+        from zootools.importing.team_models import team_model
     except ImportError:
         raise ImportRefused("efficientnet_pytorch is needed to check this checkpoint's padding against timm at "
                             f"{shape[0]}x{shape[1]} (pip install --no-deps -r requirements-sources.txt)") from None
-    variant = int(re.search(r"efficientnet_b(\d)", arch).group(1))
-    native = lukemelas_native(state)
-    outputs = int(native["_fc.weight"].shape[0])
-    if "override_params" in inspect.signature(EfficientNet.from_name).parameters:  # 0.6.x
-        source = EfficientNet.from_name(f"efficientnet-b{variant}", override_params={"num_classes": outputs})
-    else:  # 0.7+: overrides as keyword arguments
-        source = EfficientNet.from_name(f"efficientnet-b{variant}", num_classes=outputs)
+    arch_kwargs = arch_kwargs or {}
+    variant = int(re.search(r"efficientnet_b(\d)", layout_arch(arch, arch_kwargs)).group(1))
+    source, native = team_model(arch, arch_kwargs, variant, state)
     native = {k: fp32(v) for k, v in native.items()}
     for key in source.state_dict():
         if key not in native and key.endswith(".num_batches_tracked"):
@@ -85,11 +85,10 @@ def check_lukemelas(model: nn.Module, state: Mapping[str, torch.Tensor], arch: s
         raise ImportRefused(f"efficientnet_pytorch's EfficientNet-B{variant} does not load the checkpoint: "
                             f"{str(error).splitlines()[0]}") from None
     source.eval()
-    pixels = image_like(1, shape, mean, std)
+    pixels = image_like(arch_kwargs.get("frames", 1), shape, mean, std)  # a temporal model's: one clip
     with torch.inference_mode():  # the feature maps show a padding difference whatever the head's weights
         reference_features, features = source.extract_features(pixels), model.forward_features(pixels)
-        reference = source._fc(source._avg_pooling(reference_features).flatten(1))
-        logits = model.forward_head(features)
+        reference, logits = source.head(reference_features), model.forward_head(features)
     scale = float(reference_features.abs().max())
     if reference_features.shape != features.shape:  # 0.6.x at odd sides: other feature-map sizes
         difference = logit_difference = float("inf")

@@ -24,7 +24,8 @@ from weights.manifest import ModelSpec, as_tuples, default_manifest, load_ensemb
 from weights.registry import InputSpec, arch_config, create_model
 from zootools.importing.efficientnet_check import check_lukemelas, lukemelas_padding
 from zootools.importing.keymaps import KeyMap, fp32, head_of, map_keys, recognised_arch
-from zootools.importing.reading import STATE_DICT_KEYS, ImportRefused, read_checkpoint, refuse_unsupported, unwrap
+from zootools.importing.reading import STATE_DICT_KEYS, ImportRefused, read_checkpoint, unwrap
+from zootools.importing.variants import choose_arch, layout_arch, variant_kwargs
 from zootools.presets import PRESETS, SOURCES
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -122,9 +123,10 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
     what = checkpoint.name
     saved = read_checkpoint(checkpoint)
     state = unwrap(saved, what)
-    refuse_unsupported(state, what)
-    arch, entry = _preset(source, arch or recognised_arch(source, state))
-    keymap = map_keys(source, state, arch, strip_prefixes, renames)
+    arch, entry = _preset(source, choose_arch(source, state, arch) or recognised_arch(source, state))
+    frames = (overrides or {}).get("frames") or entry.get("input", {}).get("frames", 1)
+    arch_kwargs = {**entry.get("arch_kwargs", {}), **variant_kwargs(arch, state, frames)}
+    keymap = map_keys(source, state, layout_arch(arch, arch_kwargs), strip_prefixes, renames)
     notes = [f"ignored beside the weights: {', '.join(extras)}"] if (extras := _beside_weights(saved)) else []
     cast = Counter(str(t.dtype).removeprefix("torch.") for t in keymap.state.values()
                    if t.is_floating_point() and t.dtype != torch.float32)
@@ -133,7 +135,6 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
         notes.append("cast to float32: " + ", ".join(f"{n} {dtype}" for dtype, n in cast.items()))
 
     head = head_of(arch)
-    arch_kwargs = dict(entry.get("arch_kwargs", {}))
     if head and f"{head}.weight" in keymap.state:
         arch_kwargs["num_classes"] = int(keymap.state[f"{head}.weight"].shape[0])
     if "attentions.conv.weight" in keymap.state:  # WS-DAN: M attention maps
@@ -145,14 +146,14 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
 
     spec = _spec(source, name, arch, arch_kwargs, entry, overrides or {}, positive_class, weight, outputs, what)
     if source in LUKEMELAS_SOURCES and "efficientnet" in arch:
-        padding = lukemelas_padding(model, arch, spec.input.shape)
+        padding = lukemelas_padding(model, layout_arch(arch, arch_kwargs), spec.input.shape)
         if padding:  # timm's own padding is not 0.6.3's at this size: 0.6.3's fixed pads, checked below
             apply_static_padding(model, padding["static_padding"])
             spec = replace(spec, arch_kwargs={**spec.arch_kwargs, **padding})
             notes.append(f"padding: efficientnet_pytorch 0.6.3's fixed pads for {padding['static_padding']} px "
                          f"(static_padding; timm's own differ at {'x'.join(map(str, spec.input.shape))})")
         notes.extend(check_lukemelas(model, state, arch, spec.input.shape, pinned=LUKEMELAS_SOURCES[source],
-                                     mean=spec.input.mean, std=spec.input.std))
+                                     mean=spec.input.mean, std=spec.input.std, arch_kwargs=spec.arch_kwargs))
     return _write(manifest, spec, keymap, model, notes, source, checkpoint)
 
 

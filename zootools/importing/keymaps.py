@@ -19,7 +19,9 @@ from zootools.importing.reading import ImportRefused
 # Heads of the registered (non-timm) architectures a source can target: the module whose weight's first
 # dimension is the number of outputs.
 REGISTERED_HEADS = {"i3d": "logits.conv3d", "resnet34_3d": "fc", "mc3_18": "fc", "r2plus1d_18": "fc", "r3d_18": "fc",
-                    "wsdan_xception": "fc", "wsdan_efficientnet_b3": "fc"}
+                    "wsdan_xception": "fc", "wsdan_efficientnet_b3": "fc",
+                    "efficientnet_temporal": "classifier", "efficientnet_autoatt": "classifier",
+                    "efficientnet_st": "classifier.1", "efficientnet_autoatt_st": "classifier.1"}
 # \WM/'s WS-DAN backbones by their keys' prefix: Cadene's Xception (`features.*`, timm's names already) or
 # efficientnet_pytorch's B3 (`EFN.*`, lukemelas' names).
 WSDAN_BACKBONES = {"features.": "wsdan_xception", "EFN.": "wsdan_efficientnet_b3"}
@@ -161,6 +163,9 @@ def map_keys(source: str, state: Mapping[str, torch.Tensor], arch: str, strip_pr
         keymap.strip("encoder.")
         keymap.rename("fc.", f"{head or 'classifier'}.")
     elif source == "ntech" or (source == "polimi" and "efficientnet" in arch):
+        # polimi's SiameseTuning: the tuned network under `feat_ext.`, whose own per-frame head it never runs
+        keymap.drop("feat_ext.classifier.", "polimi's unused head: siamese tuning classifies with `classifier`")
+        keymap.strip("feat_ext.")
         keymap.strip("efficientnet.")  # polimi's wrapper; its `classifier` is timm's name already
         map_lukemelas(keymap, arch)
     elif source == "polimi":  # their Xception: Cadene's layout under `xception.`

@@ -124,22 +124,3 @@ def unwrap(obj: Any, what: str = "checkpoint") -> dict[str, torch.Tensor]:
     if not _is_state_dict(obj):
         raise ImportRefused(f"{what}: holds a {type(obj).__name__}, not a state dict of tensors")
     return {str(k): v for k, v in obj.items()}
-
-
-UNSUPPORTED_LAYOUTS = (
-    (re.compile(r"(^|\.)attconv\."),
-     "an EfficientNet with polimi's attention block (efficientnet.attconv.*): no architecture here"),
-    (re.compile(r"^(module\.)?feat_ext\."),
-     "a polimi siamese-tuned model (feat_ext.* + a BatchNorm1d head): no architecture here"),
-)
-
-
-def refuse_unsupported(state: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
-    """Refuse layouts this project has no architecture for, naming the layout."""
-    for key, tensor in state.items():
-        if key.endswith("_expand_conv.weight") and tensor.dim() == 5:
-            raise ImportRefused(f"{what}: NTech's temporal EfficientNet ({key} is a 5-D Conv3d over frames): "
-                                "no architecture here")
-        for pattern, reason in UNSUPPORTED_LAYOUTS:
-            if pattern.search(key):
-                raise ImportRefused(f"{what}: {reason} ({key})")
