@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from weights.archs.retinaface import BIUBUG6_MEAN
 from weights.checkpoint import WeightsError, check_file, load_checkpoint
 from weights.onnx_runtime import LAYOUTS, OnnxModule
 from weights.registry import MODEL_KINDS, ArchConfig, InputSpec, arch_config, create_model
@@ -148,7 +149,9 @@ class DetectorSpec:
     sha256: str
     min_score: float
     scales: tuple[float, ...] = (1.0, 0.5)  # BlazeFace: a square of this x the short side fills its input
-    downscale: float = 0.5  # MTCNN: detect on the frame resized by this (PIL bicubic, as the 1st place did)
+    downscale: float = 0.5  # MTCNN, RetinaFace: detect on the frame resized by this (MTCNN: PIL bicubic, as the 1st
+    # place did; RetinaFace: area averaging)
+    bgr_mean: tuple[float, float, float] = BIUBUG6_MEAN  # RetinaFace: subtracted from the BGR 0-255 pixels
     thresholds: tuple[float, float, float] | None = None  # MTCNN's three stages; None: (0.6, 0.7, min_score)
     margin: float = 0.2  # crop margin of models without their own: this fraction of the box in all, half each side
     max_faces_per_frame: int = 4
