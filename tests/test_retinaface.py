@@ -18,7 +18,7 @@ from inference.device import Accelerator
 from inference.faces import RetinaFaceFinder, find_sparse, make_face_finder
 from inference.tracks import link_tracks
 from inference.video import find_videos, read_video
-from weights import TrackSpec, create_model, load_ensemble, sha256_of
+from weights import TrackSpec, create_model, load_checkpoint, load_ensemble, sha256_of
 from weights.archs.retinaface import BIUBUG6_MEAN, RetinaFaceDetector, prior_boxes
 from zootools.build import detector_settings
 from zootools.convert_onnx import convert_retinaface_onnx, onnx_difference
@@ -88,6 +88,11 @@ def test_detections_equal_the_wheels_detect_faces(retinaface_wheel, converted, k
     finally:
         for module in [m for m in sys.modules if m == "retinaface" or m.startswith("retinaface.")]:
             del sys.modules[module]
+
+
+def test_build_writes_retinaface_beside_the_blazeface_default(ensemble_path):
+    assert load_ensemble(ensemble_path).detector.arch == "blazeface_back"
+    load_checkpoint(create_model("retinaface_mobilenet"), ensemble_path.parent / "retinaface_mobilenet.safetensors")
 
 
 @pytest.mark.parametrize("arch, size", [("retinaface_mobilenet", (64, 96)), ("retinaface_resnet50", (64, 64))])
@@ -160,6 +165,7 @@ def test_retinaface_finds_faces_on_shared_clips(converted, key_frames, tmp_path)
     manifest = manifest_with(tmp_path, {**detector_settings("retinaface_mobilenet", None),
                                         "checkpoint": "retinaface_mobilenet.safetensors",
                                         "sha256": sha256_of(tmp_path / "retinaface_mobilenet.safetensors")})
+    assert load_ensemble(manifest).detector.bgr_mean == RETINAFACE_WHEEL_MEAN
     finder = make_face_finder(load_ensemble(manifest), Accelerator("cpu"), 4)
     assert isinstance(finder, RetinaFaceFinder) and finder.detector.downscale == 0.5
     for name, frames in key_frames.items():

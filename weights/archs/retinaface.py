@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from itertools import product
 
 import cv2
 import numpy as np
@@ -173,12 +172,12 @@ def retinaface_resnet50() -> RetinaFace:
 def prior_boxes(height: int, width: int) -> np.ndarray:
     """biubug6's PriorBox for an input of height x width: (cx, cy, w, h) in units of the input, per level, row
     by row, both anchor sizes per cell."""
-    priors = []
+    levels = []
     for step, sizes in zip(STEPS, MIN_SIZES):
-        for row, col in product(range(-(-height // step)), range(-(-width // step))):
-            for size in sizes:
-                priors.append([(col + 0.5) * step / width, (row + 0.5) * step / height, size / width, size / height])
-    return np.asarray(priors, np.float32).reshape(-1, 4)
+        row, col, size = np.meshgrid(np.arange(-(-height // step)), np.arange(-(-width // step)), sizes, indexing="ij")
+        levels.append(np.stack([(col + 0.5) * step / width, (row + 0.5) * step / height, size / width,
+                                size / height], axis=-1).reshape(-1, 4))
+    return np.concatenate(levels).astype(np.float32)
 
 
 def decode_boxes(offsets: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
