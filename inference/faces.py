@@ -1,7 +1,9 @@
-"""Find faces in decoded frames with the manifest's detector: whole-frame BlazeFace at a few scales, or MTCNN.
+"""Find faces in decoded frames with the manifest's detector: whole-frame BlazeFace at a few scales, MTCNN, or
+RetinaFace (boxes with 5 landmarks).
 
-The model zoo's detectors (`BlazeFaceDetector`, `MTCNNDetector`) run a network on images; a finder here applies
-one to video frames of any size and returns at most `max_faces_per_frame` boxes per frame, best first.
+The model zoo's detectors (`BlazeFaceDetector`, `MTCNNDetector`, `RetinaFaceDetector`) run a network on images; a
+finder here applies one to video frames of any size and returns at most `max_faces_per_frame` boxes per frame, best
+first: rows [x0, y0, x1, y1, score], RetinaFace's followed by its landmarks [lx0, ly0, ..., lx4, ly4].
 `find_sparse` runs a finder's whole-frame pass on every k-th key frame only, and window passes near the faces
 between.
 """
@@ -18,6 +20,7 @@ from inference.device import Accelerator
 from weights import DetectorSpec, Ensemble
 from weights.archs.blazeface import BlazeFaceDetector, weighted_nms
 from weights.archs.mtcnn import MTCNNDetector
+from weights.archs.retinaface import RetinaFaceDetector
 
 MAX_DETECTOR_SIDE = 4096  # a frame of absurd aspect ratio is scaled down further rather than fill memory
 # Sparse detection looks only near the interpolated boxes between two whole-frame passes whose faces each moved less
@@ -53,10 +56,11 @@ class FaceFinder(Protocol):
     """What `find_sparse` runs: a whole-frame pass, and a cheaper look near guessed boxes."""
 
     def find(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-        """Per frame, an array (k, 5) of [x0, y0, x1, y1, score] in frame pixels, best first."""
+        """Per frame, an array (k, 5) of [x0, y0, x1, y1, score] in frame pixels, best first; (k, 15) with the
+        landmarks after the score where the detector gives them."""
 
     def find_near(self, frames: list[np.ndarray], guesses: list[np.ndarray]) -> list[np.ndarray]:
-        """Per frame, the faces found near its guessed boxes (k, 5), as `find` gives them."""
+        """Per frame, the faces found near its guessed boxes, as `find` gives them."""
 
 
 class BlazeFaceFinder:
@@ -181,12 +185,35 @@ class MTCNNFinder:
         return guesses
 
 
+class RetinaFaceFinder:
+    """RetinaFace (biubug6's detect.py) over whole frames resized by the manifest's `downscale`: boxes with RetinaFace's
+    5 landmarks, (k, 15) per frame."""
+
+    def __init__(self, detector: RetinaFaceDetector, spec: DetectorSpec, accelerator: Accelerator):
+        self.detector = detector
+        self.spec = spec
+        self.accelerator = accelerator
+
+    def find(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Per frame, an array (k, 15) of [x0, y0, x1, y1, score, lx0, ly0, ..., lx4, ly4] in frame pixels, best
+        first."""
+        return [found[: self.spec.max_faces_per_frame] for found in self.detector.detect(frames, self.accelerator)]
+
+    def find_near(self, frames: list[np.ndarray], guesses: list[np.ndarray]) -> list[np.ndarray]:
+        """The guessed boxes and landmarks themselves, as for MTCNN: a window of 3 face sizes around a DFDC close-up
+        is about as large as the downscaled frame, so a window pass would cost what a whole-frame pass costs."""
+        return guesses
+
+
 def make_face_finder(ensemble: Ensemble, accelerator: Accelerator, batch_size: int,
                      threads: int | None = None) -> FaceFinder:
     """The manifest's detector: whole-frame BlazeFace (on onnxruntime on the CPU where exported, `threads` per
-    call), or MTCNN."""
+    call), MTCNN or RetinaFace."""
     spec = ensemble.detector
     network = ensemble.build_detector()
+    if spec.arch.startswith("retinaface_"):
+        retinaface = RetinaFaceDetector(network, spec.min_score, spec.bgr_mean, spec.downscale)
+        return RetinaFaceFinder(retinaface, spec, accelerator)
     if spec.arch == "mtcnn":
         thresholds = tuple(spec.thresholds) if spec.thresholds is not None else (0.6, 0.7, spec.min_score)
         mtcnn = MTCNNDetector.from_model(network, thresholds=thresholds, downscale=spec.downscale)
@@ -247,9 +274,10 @@ def pair_nearest(firsts, lasts, max_shift: float) -> list[tuple[int, int]]:
 
 
 def interpolate(pairs: list[tuple[np.ndarray, np.ndarray]], weight: float) -> np.ndarray:
-    """Boxes `weight` of the way from each pair's first box to its last, scored by the lower of the two, best first."""
-    boxes = np.array([np.append((1 - weight) * a[:4] + weight * b[:4], min(a[4], b[4])) for a, b in pairs],
-                     np.float32)
+    """Boxes (and landmarks, where the rows have them) `weight` of the way from each pair's first row to its last,
+    scored by the lower of the two, best first."""
+    boxes = np.array([(1 - weight) * a + weight * b for a, b in pairs], np.float32).reshape(len(pairs), -1)
+    boxes[:, 4] = [min(a[4], b[4]) for a, b in pairs]
     return boxes[np.argsort(-boxes[:, 4], kind="stable")]
 
 

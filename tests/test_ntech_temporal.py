@@ -84,9 +84,11 @@ def test_ntech_temporal_b0_imports_with_one_command_and_matches(tmp_path, manife
     entry = json.loads(manifest.read_text())["models"][-1]
     assert (entry["arch"], entry["arch_kwargs"], entry["kind"]) == (
         "efficientnet_temporal", {"variant": "b0", "frames": 7, "num_classes": 1}, "sequence")
-    assert {k: entry["input"][k] for k in ("size", "frames", "stride", "box", "margin", "resize", "resize_to")} == {
-        "size": [224, 192], "frames": 7, "stride": 2, "box": "centre", "margin": 0.25,
-        "resize": "short_side_center_crop", "resize_to": 224}
+    # predict.py: 7 consecutive frames sampled at 15 fps, a sequence every 14 of them, every other one flipped
+    assert {k: entry["input"][k] for k in ("size", "frames", "stride", "box", "margin", "resize", "resize_to", "fps",
+                                           "every", "flip")} == {
+        "size": [224, 192], "frames": 7, "stride": 1, "box": "centre", "margin": 0.25,
+        "resize": "short_side_center_crop", "resize_to": 224, "fps": 15.0, "every": 14, "flip": "alternate"}
     assert (entry["aggregation"], entry["video_score"]) == ("sharpen", "pool")
 
     from weights import load_ensemble

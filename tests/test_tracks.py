@@ -34,5 +34,5 @@ def test_link_tracks_follows_people_across_gaps_and_drops_flickers():
 
 def test_track_box_is_interpolated_between_detections():
     track = Track({0: np.array([0, 0, 10, 10, 1.0]), 2: np.array([20, 0, 30, 10, 1.0])})
-    np.testing.assert_allclose(track.box_at(15, keys=[0, 10, 20]), [15, 0, 25, 10])
-    np.testing.assert_allclose(track.box_at(40, keys=[0, 10, 20]), [20, 0, 30, 10])
+    np.testing.assert_allclose(track.box_at(15, keys=[0, 10, 20]), [15, 0, 25, 10, 1.0])
+    np.testing.assert_allclose(track.box_at(40, keys=[0, 10, 20]), [20, 0, 30, 10, 1.0])

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from weights.archs.retinaface import BIUBUG6_MEAN
 from weights.checkpoint import WeightsError, check_file, load_checkpoint
 from weights.onnx_runtime import LAYOUTS, OnnxModule
 from weights.registry import MODEL_KINDS, ArchConfig, InputSpec, arch_config, create_model
@@ -29,6 +30,7 @@ AGGREGATIONS = ("mean", "median", "confident", "confidence_weighted", "sharpen",
 LOGIT_AGGREGATIONS = ("logit_mean",)  # rules that read the logit back from P(FAKE)
 VIDEO_SCORES = ("max", "mean", "pool")
 RUNTIMES = ("auto", "torch", "onnx")
+LANDMARK_DETECTORS = ("retinaface_mobilenet", "retinaface_resnet50")  # their rows carry five landmarks (see align)
 SAMPLINGS = ("reference", "exact")
 
 
@@ -148,7 +150,9 @@ class DetectorSpec:
     sha256: str
     min_score: float
     scales: tuple[float, ...] = (1.0, 0.5)  # BlazeFace: a square of this x the short side fills its input
-    downscale: float = 0.5  # MTCNN: detect on the frame resized by this (PIL bicubic, as the 1st place did)
+    downscale: float = 0.5  # MTCNN, RetinaFace: detect on the frame resized by this (MTCNN: PIL bicubic, as the 1st
+    # place did; RetinaFace: area averaging)
+    bgr_mean: tuple[float, float, float] = BIUBUG6_MEAN  # RetinaFace: subtracted from the BGR 0-255 pixels
     thresholds: tuple[float, float, float] | None = None  # MTCNN's three stages; None: (0.6, 0.7, min_score)
     margin: float = 0.2  # crop margin of models without their own: this fraction of the box in all, half each side
     max_faces_per_frame: int = 4
@@ -240,6 +244,11 @@ class Ensemble:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise WeightsError(f"model names must be unique: {names}")
+        aligned = [m.name for m in self.models if m.input.align is not None]
+        if aligned and self.detector.arch not in LANDMARK_DETECTORS:
+            raise WeightsError(f"models {aligned} align faces on five landmarks, which the detector "
+                               f"{self.detector.arch} does not give: use one of {LANDMARK_DETECTORS} "
+                               "(`python -m zootools build --detector-preset wm`)")
         pooled = [name for pool in self.blend.pools for name in pool.models]
         if set(pooled) - set(names):
             raise WeightsError(f"blend pools name unknown models: {sorted(set(pooled) - set(names))}")

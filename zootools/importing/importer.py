@@ -20,7 +20,7 @@ from torch import nn
 
 from weights.archs.efficientnet import apply_static_padding
 from weights.checkpoint import WeightsError, load_checkpoint, sha256_of
-from weights.manifest import ModelSpec, as_tuples, default_manifest, load_ensemble
+from weights.manifest import LANDMARK_DETECTORS, ModelSpec, as_tuples, default_manifest, load_ensemble
 from weights.registry import InputSpec, arch_config, create_model
 from zootools.importing.efficientnet_check import check_lukemelas, lukemelas_padding
 from zootools.importing.keymaps import KeyMap, fp32, head_of, map_keys, recognised_arch
@@ -111,7 +111,7 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
     if not manifest.is_file():
         raise ImportRefused(f"ensemble manifest not found: {manifest}; an import adds to an existing manifest "
                             "(it needs a detector): `python -m zootools build` writes one, or pass --ensemble")
-    load_ensemble(manifest)  # refuses a broken manifest before any work
+    detector = load_ensemble(manifest).detector  # refuses a broken manifest before any work
     name = name or _default_name(source, checkpoint)
     if not NAME_PATTERN.fullmatch(name):
         raise ImportRefused(f"model name {name!r}: use letters, digits, '_', '-' and '.' (it names the file)")
@@ -144,6 +144,12 @@ def import_checkpoint(source: str, checkpoint: Path | str, *, name: str | None =
         raise ImportRefused(f"{what}: the head {head} has {outputs} outputs; the kernel reads 1 (a logit) or 2")
     model = _fit(arch, arch_kwargs, keymap, what, notes)
 
+    if entry.get("input", {}).get("align") and detector.arch not in LANDMARK_DETECTORS and "align" not in (
+            overrides or {}):
+        entry["input"].update(PRESETS[source]["unaligned"])
+        notes.append(f"the manifest's detector {detector.arch} gives no landmarks: the face box is cut with margin "
+                     f"{entry['input']['margin']} and stretched instead of aligned (for the team's alignment, a "
+                     "RetinaFace manifest: python -m zootools build --detector-preset wm)")
     spec = _spec(source, name, arch, arch_kwargs, entry, overrides or {}, positive_class, weight, outputs, what)
     if source in LUKEMELAS_SOURCES and "efficientnet" in arch:
         padding = lukemelas_padding(model, layout_arch(arch, arch_kwargs), spec.input.shape)
