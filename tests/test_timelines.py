@@ -215,3 +215,35 @@ def test_pools_are_checked_and_written_back(tmp_path):
         with pytest.raises(WeightsError, match=message):
             load_ensemble(path)
     assert BlendSpec(pools=({"name": "p", "models": ["a", "b"]},)).pools == (PoolSpec("p", ("a", "b")),)
+
+
+# ---------------------------------------------------------------------------------------------- \WM/'s preset
+
+def test_wm_models_align_on_a_landmark_detector_and_stretch_the_box_on_others(tmp_path, capsys):
+    from bench.standins import save_wm
+    from zootools.importing import import_checkpoint
+
+    checkpoint = save_wm(tmp_path)
+    detectors = {"blazeface": {"arch": "blazeface_back", "checkpoint": "b.safetensors", "sha256": "0" * 64,
+                               "min_score": 0.65},
+                 "retinaface": {"arch": "retinaface_mobilenet", "checkpoint": "r.safetensors", "sha256": "0" * 64,
+                                "min_score": 0.8}}
+    paths = {}
+    for name, detector in detectors.items():
+        (tmp_path / name).mkdir()
+        paths[name] = tmp_path / name / "ensemble.json"
+        paths[name].write_text(json.dumps({"format": 2, "detector": detector, "models": [
+            {"name": "meso4_df", "arch": "meso4", "checkpoint": "m.safetensors", "sha256": "1" * 64}]}))
+    blazeface, retinaface = paths["blazeface"], paths["retinaface"]
+
+    aligned = import_checkpoint("wm", checkpoint, name="x", ensemble=retinaface).spec.input
+    assert (aligned.align, aligned.every, aligned.start, aligned.limit, aligned.size) == ("wm", 10, 9, 25, 299)
+    fallback = import_checkpoint("wm", checkpoint, name="x", ensemble=blazeface)
+    assert (fallback.spec.input.align, fallback.spec.input.margin) == (None, 0.5)
+    assert any("gives no landmarks" in note for note in fallback.notes)
+    data = json.loads(blazeface.read_text())
+    aligning = {**json.loads(retinaface.read_text())["models"][-1], "name": "aligning"}
+    data["models"].append(aligning)  # an aligning model behind BlazeFace's boxes
+    blazeface.write_text(json.dumps(data))
+    with pytest.raises(WeightsError, match="align faces on five landmarks"):
+        load_ensemble(blazeface)
