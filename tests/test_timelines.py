@@ -247,3 +247,11 @@ def test_wm_models_align_on_a_landmark_detector_and_stretch_the_box_on_others(tm
     blazeface.write_text(json.dumps(data))
     with pytest.raises(WeightsError, match="align faces on five landmarks"):
         load_ensemble(blazeface)
+
+
+def test_the_wm_detector_preset_is_retinaface_with_their_threshold():
+    from zootools.build import detector_settings
+
+    settings = detector_settings(None, "wm")
+    assert (settings["arch"], settings["min_score"], settings["downscale"], settings["max_faces_per_frame"]) == (
+        "retinaface_mobilenet", 0.8, 1.0, 1)
