@@ -19,11 +19,8 @@ from zootools.importing.variants import layout_arch
 
 # efficientnet_pytorch's native input sides (its `efficientnet_params`): what >= 0.7 bakes its padding for.
 LUKEMELAS_NATIVE_SIZE = {0: 224, 1: 240, 2: 260, 3: 300, 4: 380, 5: 456, 6: 528, 7: 600}
-# Sources whose checkpoints are in lukemelas' layout, and whether the team pinned efficientnet_pytorch 0.6.x.
 # Numerical check: timm's and the source library's feature maps must agree to this fraction of their scale.
 CHECK_TOLERANCE = 1e-3
-
-# lukemelas -> timm renames inside one block (stage-0 depthwise-separable blocks differ from the others).
 
 
 def image_like(count: int, shape: tuple[int, int], mean=IMAGENET["mean"], std=IMAGENET["std"],

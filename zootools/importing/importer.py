@@ -33,7 +33,6 @@ INPUT_FIELDS = tuple(f.name for f in fields(InputSpec))
 ENTRY_FIELDS = ("aggregation", "video_score", "tta")  # overridable besides the input's fields
 # Sources whose checkpoints are in lukemelas' layout, and whether the team pinned efficientnet_pytorch 0.6.x.
 LUKEMELAS_SOURCES = {"ntech": True, "polimi": False}
-# Numerical check: timm's and the source library's feature maps must agree to this fraction of their scale.
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,6 @@ REGISTERED_HEADS = {"i3d": "logits.conv3d", "resnet34_3d": "fc", "mc3_18": "fc",
 WSDAN_BACKBONES = {"features.": "wsdan_xception", "EFN.": "wsdan_efficientnet_b3"}
 TIMM_EFFICIENTNET_TOPS = ("conv_stem.", "bn1.", "blocks.", "conv_head.", "bn2.")  # a timm EfficientNet's backbone
 
-# efficientnet_pytorch's native input sides (its `efficientnet_params`): what >= 0.7 bakes its padding for.
-
 # lukemelas -> timm renames inside one block (stage-0 depthwise-separable blocks differ from the others).
 DS_BLOCK_RENAMES = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
                     "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
