@@ -320,6 +320,8 @@ def preset_manifest(folder: Path, overrides: dict[str, dict] | None = None) -> P
     for label, (source, arch, extra, _) in CASES.items():
         entry = PRESETS[source]["archs"][arch]
         spec_input = {**entry["input"], **extra, **(overrides or {}).get(label, {})}
+        if spec_input.get("align"):  # a BlazeFace manifest: the import stretches the box instead (the 320 square)
+            spec_input.update(PRESETS[source]["unaligned"])
         models.append({"name": label.replace(" ", "_"), "arch": arch, "checkpoint": "none.safetensors",
                        "sha256": "0" * 64, **{k: v for k, v in entry.items() if k != "input"},
                        "positive_class": "FAKE", "input": spec_input})

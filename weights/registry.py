@@ -13,8 +13,6 @@ from typing import Callable
 import timm
 from torch import nn
 
-from weights.archs.efficientnet import apply_static_padding
-
 TIMM_PREFIX = "timm/"
 MODEL_KINDS = ("frame", "clip", "sequence")
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -228,11 +226,23 @@ def _entry(arch: str) -> tuple[Callable[..., nn.Module], ArchConfig]:
         raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(sorted(_ARCHS))}") from None
 
 
-def _create_timm_model(name: str, num_classes: int = 1, static_padding: int | list[int] | None = None,
-                       **kwargs) -> nn.Module:
-    """timm's `name`, untrained; one output (a logit) unless num_classes says otherwise. `static_padding`: the
-    image size efficientnet_pytorch 0.6.3 computed its fixed pads from (weights.archs.efficientnet)."""
+def register_timm_option(name: str, apply: Callable[[nn.Module, object], nn.Module]) -> None:
+    """An arch kwarg of every "timm/<name>" model that timm lacks: `apply(model, value)` after timm builds it (an
+    architecture module registers it, as weights.archs.efficientnet does `static_padding`)."""
+    _TIMM_OPTIONS[name] = apply
+
+
+_TIMM_OPTIONS: dict[str, Callable[[nn.Module, object], nn.Module]] = {}
+
+
+def _create_timm_model(name: str, num_classes: int = 1, **kwargs) -> nn.Module:
+    """timm's `name`, untrained; one output (a logit) unless num_classes says otherwise; the registered timm
+    options (`register_timm_option`) applied after."""
     if not timm.is_model(name):
         raise KeyError(f"unknown timm architecture {name!r}")
+    options = {key: kwargs.pop(key) for key in list(kwargs) if key in _TIMM_OPTIONS}
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    return model if static_padding is None else apply_static_padding(model, static_padding)
+    for key, value in options.items():
+        if value is not None:
+            model = _TIMM_OPTIONS[key](model, value)
+    return model

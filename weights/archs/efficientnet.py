@@ -7,7 +7,7 @@ stride 2 at those even sizes. timm's `tf_` models pad each stride-2 convolution 
 gives the same pads only where every stride-2 convolution sees an even side (B3 at 300 does not: 75 and 19 px).
 
 `apply_static_padding(model, image_size)` gives a timm model 0.6.3's fixed pads; its state_dict keys stay timm's.
-`create_model("timm/tf_efficientnet_b3", static_padding=300)` applies it (weights.registry).
+`create_model("timm/tf_efficientnet_b3", static_padding=300)` applies it (registered below as a timm option).
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
 from torch import nn
+
+from weights.registry import register_timm_option
 
 DYNAMIC_SAME = (Conv2dSame, Conv2dSameExport)  # timm's convolutions that pad for the input's size
 
@@ -62,3 +64,6 @@ def apply_static_padding(model: nn.Module, image_size: int | tuple[int, int]) ->
         pads = static_same_pads(image_size, conv.kernel_size, conv.stride, conv.dilation)
         setattr(model.get_submodule(parent_name), child, StaticSameConv2d(conv, pads))
     return model
+
+
+register_timm_option("static_padding", apply_static_padding)
