@@ -7,7 +7,8 @@
    the pin, or lies in the range the pin declares after `image:`; install the bundle's wheel offline where not;
    stop, naming the package, where the bundle ships no wheel for a version the image has wrong.
 3. Import the runtime package from the bundle and run its command line (`inference.cli`; `--help` lists it),
-   with the version of each pinned package as used.
+   with the version of each pinned package as used, and the process's start: the time budget counts from
+   there, as Kaggle counts the notebook's time.
 
 Everything else lives in the runtime package; this file only bootstraps it, so it is all the notebook holds.
 """

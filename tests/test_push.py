@@ -365,9 +365,13 @@ def test_a_dataset_that_never_becomes_ready_times_out_without_a_kernel_push(dist
     assert client.steps() == VERSION_STEPS + ["datasets status"] * 4
 
 
+SERVER_ERROR = ["503 Server Error: Service Unavailable for url: "
+                "https://api.kaggle.com/v1/datasets.DatasetApiService/GetDatasetStatus", "",
+                "This is a problem on Kaggle's side, not with your command. Please try again later."]
 TRANSIENT = {"connection reset": {"err": ["('Connection aborted.', ConnectionResetError(104, 'Connection reset by "
                                           "peer'))"], "exit": 1},
-             "rate limited": {"err": RATE_LIMITED, "exit": 1}}
+             "rate limited": {"err": RATE_LIMITED, "exit": 1},
+             "server error": {"err": SERVER_ERROR, "exit": 1}}
 
 
 @pytest.mark.parametrize("answer", TRANSIENT.values(), ids=TRANSIENT)
@@ -393,6 +397,8 @@ PERMANENT = {
     "a client without --format": ({"err": ["usage: kaggle [-h] [-v] [-W] {competitions,c,datasets,d} ...",
                                            "kaggle: error: unrecognized arguments: --format json"], "exit": 2},
                                   "kaggle: error: unrecognized arguments: --format json;"),
+    "an answer that is not a status": ({"say": ["ready"]},
+                                       "not a status: ready (push reads the JSON answer of kaggle==2.2.5);"),
 }
 
 
