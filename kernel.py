@@ -7,7 +7,8 @@
    the pin, or lies in the range the pin declares after `image:`; install the bundle's wheel offline where not;
    stop, naming the package, where the bundle ships no wheel for a version the image has wrong.
 3. Import the runtime package from the bundle and run its command line (`inference.cli`; `--help` lists it),
-   with the version of each pinned package as used.
+   with the version of each pinned package as used, and the process's start: the time budget counts from
+   there, as Kaggle counts the notebook's time.
 
 Everything else lives in the runtime package; this file only bootstraps it, so it is all the notebook holds.
 """
@@ -20,11 +21,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
 
+IMPORTED = time.perf_counter()  # where the OS does not say when the process began, the run counts from here
+PROC_STAT = Path("/proc/self/stat")
 KERNEL_DIR = Path(__file__).resolve().parent
 KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT", "/kaggle/input"))  # overridable so the bundle can be verified
 RUNTIME = "inference"  # the runtime package: its folder marks a bundle
@@ -208,11 +212,37 @@ def import_runtime(bundle: Path | None) -> ModuleType:
     return importlib.import_module(ENTRY)
 
 
+def process_started(clock: Callable[[], float] = time.perf_counter) -> float | None:
+    """When the OS started this process, on `clock`'s scale (now less the process's age, from /proc on Linux);
+    None where unknown."""
+    try:
+        # After the command name in parentheses (which may hold spaces and parentheses), field 22 of the stat line:
+        # the process's start in clock ticks since boot, on the clock CLOCK_BOOTTIME reads.
+        ticks = int(PROC_STAT.read_text().rsplit(")", 1)[1].split()[19])
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):  # no /proc, or no CLOCK_BOOTTIME (not Linux)
+        return None
+    return clock() - age if age >= 0 else None
+
+
+def run_started() -> float:
+    """When the run began, on time.perf_counter: the process's start, as Kaggle counts a notebook's time (the
+    interpreter, the imports and the install included); this file's import where the OS does not say."""
+    started = process_started()
+    if started is None:
+        print(f"the process's start is unknown here ({PROC_STAT} unreadable): the time budget counts from "
+              "kernel.py's import", flush=True)
+        return IMPORTED
+    return started
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Bootstrap, then run the runtime's command line with `argv`."""
+    """Bootstrap, then run the runtime's command line with `argv`, its time budget counted from the process's
+    start."""
+    started = run_started()
     bundle = find_bundle()
     packages = install_bundled_wheels(bundle) if bundle is not None else None
-    return import_runtime(bundle).main(argv, packages=packages, kaggle_input=KAGGLE_INPUT)
+    return import_runtime(bundle).main(argv, packages=packages, kaggle_input=KAGGLE_INPUT, started=started)
 
 
 if __name__ == "__main__":

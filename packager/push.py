@@ -2,8 +2,10 @@
 the Kaggle client (kaggle==2.2.5).
 
 That client exits 0 when the server refuses a request: it only prints "Dataset creation error: ...", "Kernel push
-error: ..." or that a source is "not valid". So push reads what each command prints, stops at the first such line
-or non-zero exit and names the cause; the kernel is pushed only once `kaggle datasets status` says ready. Without
+error: ...", that tags or a source are "not valid". So push reads what each command prints, stops at the first
+such line or non-zero exit and names the cause (on an exit, the error line, not the hint the client prints after
+it: packager/client_output.py). The kernel is pushed only once `kaggle datasets status` says ready for a version
+after the one read before the upload; a permanent error of that command stops the wait at once. Without
 credentials it prints the commands instead. It refuses a bundle that does not match its manifest, names the
 client would refuse, and metadata whose owner is not the signed-in user (metadata pulled from Kaggle carries
 prefixes, and ids of another account, that break a re-push).
@@ -21,8 +23,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from packager import DATASET_DIR, DATASET_METADATA, KERNEL_DIR, KERNEL_METADATA, PLACEHOLDER_OWNER, PackagingError
+from packager.client_output import MISSING, ClientError, output_lines, read_error
 from packager.credentials import KaggleCredentials, find_kaggle_credentials, sign_in_forms
 from packager.manifest import check_files
 
@@ -34,13 +38,17 @@ KAGGLE_ID = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]*)/([a-z0-9]+(?:-[a-z0-9]+)*)"
 NAME_LIMITS = {"dataset slug": (6, 50), "dataset title": (6, 50), "kernel slug": (5, 50), "kernel title": (5, 50)}
 DEFAULT_WAIT = 1800.0  # seconds: Kaggle unpacks and indexes a few GB of wheels before the dataset is ready
 POLL_SECONDS = 10.0
-READY, FAILED = "ready", ("failed", "error", "deleted")  # `datasets status` prints the server's state, lowercased
-# What the client prints, still exiting 0, when the server refused the request.
-REFUSALS = ("Dataset creation error", "Dataset version creation error", "Kernel push error")
-HINTS = {
-    ("datasets", "create"): "the slug may be taken; use `python -m packager push` without --new to add a version",
-    ("datasets", "version"): "is this the first upload? then `python -m packager push --new` creates the dataset",
-}
+# `datasets status` prints the server's state lowercased: not_yet_persisted, blobs_received, ..., reprocessing while
+# Kaggle processes an upload, then ready, failed or deleted.
+READY, FAILED = "ready", ("failed", "deleted")
+# What the client prints, still exiting 0, when the server refused the request. The bundle's metadata names no
+# tags, so the invalid-tags line only shows when the server refused the version for another reason: the client
+# then prints that line alone.
+REFUSALS = ("Dataset creation error", "Dataset version creation error", "Kernel push error",
+            "are not valid tags and could not be added to the dataset")
+SLUG_TAKEN = "the slug may be taken; use `python -m packager push` without --new to add a version"
+FIRST_UPLOAD = "the dataset does not exist: is this the first upload? then `python -m packager push --new` creates it"
+SIGNED_OUT = "Kaggle refused the credentials: create a new API token at https://www.kaggle.com/settings/api"
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -128,10 +136,11 @@ def run_client(command: list[str]) -> tuple[int, str]:
 
 def failure(command: list[str], returncode: int, output: str, dataset_id: str) -> str | None:
     """The one-line cause when a client command failed, though it may have exited 0; None when it succeeded."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    hint = HINTS.get((command[1], command[2]))
+    lines = output_lines(output)
     refused = next((line for line in lines if any(refusal in line for refusal in REFUSALS)), None)
     dropped = next((line for line in lines if "not valid" in line.lower() and "source" in line.lower()), None)
+    error = read_error(output) if returncode != 0 else None
+    hint = client_hint(error) if error else None
     if refused:
         cause = f"the server refused it: {refused}"
     elif dropped:
@@ -139,10 +148,24 @@ def failure(command: list[str], returncode: int, output: str, dataset_id: str) -
         hint = (f"the new version runs without it; once `kaggle datasets status {dataset_id}` says ready (and the "
                 f"competition's rules are accepted by this account), push again: {shlex.join(command)}")
     elif returncode != 0:
-        cause = f"it failed (exit {returncode})" + (f": {lines[-1]}" if lines else "")
+        cause = f"it failed (exit {returncode})" + (f": {error}" if error else "")
     else:
         return None
+    if command[1:3] == ["datasets", "version"] and dataset_missing(refused, error):
+        hint = FIRST_UPLOAD
+    elif command[1:3] == ["datasets", "create"] and refused and "already in use" in refused:
+        hint = SLUG_TAKEN
     return f"{shlex.join(command[:3])}: {cause}" + (f" ({hint})" if hint else "")
+
+
+def client_hint(error: ClientError) -> str | None:
+    """What to do about a client error: the client's own hint, but for a 401, whose help lists every sign-in."""
+    return SIGNED_OUT if error.status == 401 else error.hint
+
+
+def dataset_missing(refused: str | None, error: ClientError | None) -> bool:
+    """Whether the server said the dataset does not exist (a 404, or a refusal saying so)."""
+    return error.missing if error else bool(refused and MISSING.search(refused))
 
 
 def run_step(kaggle: str, command: list[str], dataset_id: str) -> None:
@@ -154,32 +177,70 @@ def run_step(kaggle: str, command: list[str], dataset_id: str) -> None:
         raise PackagingError(cause)
 
 
-def dataset_status(kaggle: str, dataset_id: str) -> tuple[bool, str]:
-    """Whether `kaggle datasets status` answered, and its answer (the state, or what it printed on failing)."""
-    process = subprocess.run([kaggle, "datasets", "status", dataset_id], capture_output=True, text=True)
-    lines = [line.strip() for line in f"{process.stdout}\n{process.stderr}".splitlines() if line.strip()]
+class DatasetStatus(NamedTuple):
+    state: str | None    # the server's state, lowercased (`READY`, one of FAILED, or one still processing)
+    version: int | None  # the dataset's current version number
+    error: ClientError | None = None  # why the command gave no state
+
+
+def dataset_status(kaggle: str, dataset_id: str) -> DatasetStatus:
+    """`kaggle datasets status --format json`: the state and the current version, or why it gave none."""
+    process = subprocess.run([kaggle, *status_command(dataset_id)[1:]], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     if process.returncode != 0:
-        return False, f"exit {process.returncode}" + (f": {lines[-1]}" if lines else "")
-    return True, lines[-1].lower() if lines else ""
+        return DatasetStatus(None, None, read_error(process.stdout) or ClientError("(nothing printed)", None, None))
+    # The JSON is the last thing printed (no newline after it); a warning about the client's version may precede.
+    answer = next((line for line in reversed(output_lines(process.stdout)) if line.startswith("{")), "")
+    try:
+        fields = json.loads(answer)
+        return DatasetStatus(str(fields["status"]).lower(), int(fields["current_version_number"]))
+    except (ValueError, KeyError, TypeError):
+        printed = output_lines(process.stdout)
+        return DatasetStatus(None, None, ClientError(f"not a status: {printed[-1] if printed else '(nothing)'}",
+                                                     None, f"push reads the JSON answer of {CLIENT}"))
 
 
-def wait_until_ready(kaggle: str, dataset_id: str, then: list[str], wait: float, clock: Clock, sleep: Sleep) -> None:
-    """Poll the dataset's status until it says ready; a PackagingError when it failed or `wait` seconds ran out."""
-    asked = f"kaggle datasets status {dataset_id}"
-    started = clock()
+def status_command(dataset_id: str) -> list[str]:
+    return ["kaggle", "datasets", "status", dataset_id, "--format", "json"]
+
+
+def version_before_upload(kaggle: str, dataset_id: str) -> int:
+    """The dataset's current version number, read before `datasets version` so the wait knows the new one."""
+    status = dataset_status(kaggle, dataset_id)
+    if status.error is None:
+        print(f"packager push: dataset {dataset_id} is at version {status.version} ({status.state})", flush=True)
+        return status.version
+    hint = FIRST_UPLOAD if status.error.missing else client_hint(status.error)
+    raise PackagingError(f"{shlex.join(status_command(dataset_id))}: it failed: {status.error}"
+                         + (f" ({hint})" if hint else "") + "; nothing was uploaded")
+
+
+def wait_until_ready(kaggle: str, dataset_id: str, previous: int | None, then: list[str], wait: float, clock: Clock,
+                     sleep: Sleep) -> None:
+    """Poll the dataset's status until a version after `previous` is ready; a PackagingError when Kaggle failed
+    it, the status command fails for good, or `wait` seconds ran out."""
+    asked, started = shlex.join(status_command(dataset_id)), clock()
+    by_hand = (f"the kernel was not pushed; once `kaggle datasets status {dataset_id}` says ready"
+               + (f" at a version after {previous}" if previous is not None else "") + f", run {shlex.join(then)}")
     while True:
-        answered, status = dataset_status(kaggle, dataset_id)
-        if answered and status == READY:
-            print(f"packager push: dataset {dataset_id} is ready", flush=True)
+        status = dataset_status(kaggle, dataset_id)
+        new = previous is None or (status.version or 0) > previous
+        if status.state == READY and new:
+            print(f"packager push: dataset {dataset_id} version {status.version} is ready", flush=True)
             return
-        if answered and status in FAILED:
-            raise PackagingError(f"{asked}: {status!r}: Kaggle could not process the upload; the kernel was not "
-                                 "pushed")
+        if status.state in FAILED and new:
+            raise PackagingError(f"{asked}: {status.state!r} at version {status.version}: Kaggle could not process "
+                                 "the upload; the kernel was not pushed (upload again: `python -m packager push`)")
+        if status.error and not status.error.transient:
+            hint = client_hint(status.error)
+            raise PackagingError(f"{asked}: it failed: {status.error}" + (f" ({hint})" if hint else "")
+                                 + f"; not asking again; {by_hand}")
+        answer = str(status.error) if status.error else f"{status.state!r} at version {status.version}"
         waited = clock() - started
         if waited >= wait:
-            raise PackagingError(f"{asked}: still {status!r} after {waited:.0f} s (--wait {wait:g}): the kernel "
-                                 f"was not pushed; once it says ready, run {shlex.join(then)}")
-        print(f"packager push: dataset {dataset_id} is {status!r}; asking again in {POLL_SECONDS:g} s "
+            raise PackagingError(f"{asked}: still {answer} after {waited:.0f} s (--wait {wait:g}); {by_hand}")
+        waiting_for = "" if new or status.error else f", waiting for the version after {previous}"
+        print(f"packager push: dataset {dataset_id}: {answer}{waiting_for}; asking again in {POLL_SECONDS:g} s "
               f"({waited:.0f} of {wait:g} s)", flush=True)
         sleep(min(POLL_SECONDS, wait - waited))
 
@@ -192,7 +253,7 @@ def push(dist: Path, message: str, new: bool = False, dry_run: bool = False, wai
     owner, dataset_meta, kernel_meta = check_metadata(dist)
     upload, kernel_push = commands(dist, message, new)
     printed = "\n".join([f"  {shlex.join(upload)}",
-                         f"  kaggle datasets status {dataset_meta['id']}   # until it says ready",
+                         f"  {shlex.join(status_command(dataset_meta['id']))}   # until a new version is ready",
                          f"  {shlex.join(kernel_push)}"])
     credentials = find_kaggle_credentials()
     if dry_run or credentials is None:
@@ -215,8 +276,10 @@ def push(dist: Path, message: str, new: bool = False, dry_run: bool = False, wai
     if kaggle is None:
         raise PackagingError(f"the Kaggle client is not on PATH ({INSTALL}); the commands are:\n" + printed)
     print(f"packager push: signed in with the {credentials.form} ({credentials.source})", flush=True)
+    # Kaggle may still say ready for the previous version right after the upload: the wait needs its number.
+    previous = None if new else version_before_upload(kaggle, dataset_meta["id"])
     run_step(kaggle, upload, dataset_meta["id"])
-    wait_until_ready(kaggle, dataset_meta["id"], kernel_push, wait, clock, sleep)
+    wait_until_ready(kaggle, dataset_meta["id"], previous, kernel_push, wait, clock, sleep)
     run_step(kaggle, kernel_push, dataset_meta["id"])
     print(hints(owner, kernel_meta))
     return 0

@@ -1,10 +1,12 @@
 """`python -m packager push` against a stand-in for the Kaggle client (kaggle 2.2.5), every sign-in form of that
 client, and its name limits.
 
-The official client exits 0 when the server refuses a request: it only prints an error line, or says a source
-is not valid. The stand-in reproduces those lines and exit codes, answers `datasets status` from a script of
-states (its log of calls is the state), and logs every call, so the tests can tell that no kernel was pushed
-after a failed dataset step. The bundles here are small synthetic ones with a real manifest and real metadata.
+The official client exits 0 when the server refuses a request: it only prints an error line, or says tags or a
+source are not valid; on an HTTP error it exits 1 with the server's message followed by a hint. The stand-in
+reproduces those lines and exit codes (401, 403, 404, 429, a crash of the client), answers each call of a step from
+a script (`datasets status` with a state and the current version number; its log of calls is the state), and logs
+every call, so the tests can tell that no kernel was pushed after a failed dataset step. The bundles here are
+small synthetic ones with a real manifest and real metadata.
 """
 from __future__ import annotations
 
@@ -43,6 +45,35 @@ KERNEL_REFUSED = "Kernel push error: Notebook not found"
 SOURCE_DROPPED = f"The following are not valid dataset sources and could not be added to the kernel: ['{DATASET_ID}']"
 SOURCE_WARNING = "Warning: competition_sources ['deepfake-detection-challenge'] are not valid for this account"
 
+# kaggle 2.2.5 on an HTTP error (kaggle/cli.py, format_http_error): the server's message (a JSON error's `message`,
+# else requests' status line) on stderr, a blank line, a hint keyed by the status; exit 1. On a 401 only its sign-in
+# help, on stdout. On a crash of its own, the exception and a line about --debug.
+AUTH_HELP = ["Authentication required to call the Kaggle API.", "",
+             "First, you will need a Kaggle account. You can sign up at", "  https://www.kaggle.com/account/login", "",
+             "Recommended: log in with OAuth via a web-based authorization flow.",
+             "No token to manage; credentials are cached locally for you.", "    kaggle auth login", "",
+             "If you'd rather not use OAuth, generate an API token at",
+             '  https://www.kaggle.com/settings/api  (click "Generate New Token" under "API")',
+             "and supply it to the CLI in one of these ways:", "", "  Option A: Environment variable",
+             "    export KAGGLE_API_TOKEN=xxxxxxxxxxxxxx  # token copied from the settings UI", "",
+             "  Option B: API token file", "    Save the token to ~/.kaggle/access_token"]
+FORBIDDEN_LINE = "403 Client Error: Forbidden for url: https://api.kaggle.com/v1/kernels.KernelsApiService/SaveKernel"
+FORBIDDEN = [FORBIDDEN_LINE, "", "You don't have access to this resource.",
+             "If this is a competition, you may need to accept its rules first at",
+             "  https://www.kaggle.com/competitions/<competition>/rules"]
+NOT_FOUND_HINT = ["The resource was not found. Check the spelling of the reference you passed.",
+                  "References are usually '<owner>/<slug>', which you can find in the resource's URL.",
+                  "To search for one, try 'kaggle search <query>'."]
+NOT_FOUND_MESSAGE = "Dataset not found"  # a JSON error: the client prints its message alone, no status
+RATE_LIMITED = ["429 Client Error: Too Many Requests for url: "
+                "https://api.kaggle.com/v1/datasets.DatasetApiService/GetDatasetStatus", "",
+                "You have been rate limited. Wait a little while before retrying."]
+CRASHED = ["KeyError: 'status'", "",
+           "If this is unexpected, you can re-run with `kaggle --debug [command]` to see the full",
+           "traceback. If you think this is a bug, please report it at https://github.com/Kaggle/kaggle-cli/issues"]
+INVALID_TAGS = "The following are not valid tags and could not be added to the dataset: ['deepfakes']"
+UPLOAD_FAILED = "Upload unsuccessful: wheels.zip"
+
 STAND_IN = """
 import json, os, sys
 calls, script = os.environ["FAKE_KAGGLE_CALLS"], json.load(open(os.environ["FAKE_KAGGLE_SCRIPT"]))
@@ -50,18 +81,28 @@ step = " ".join(sys.argv[1:3])
 with open(calls, "a") as log:
     log.write(json.dumps(sys.argv[1:]) + "\\n")
 plan = script.get(step, {})
-if step == "datasets status" and not plan.get("exit"):
-    asked = sum(json.loads(line)[:2] == ["datasets", "status"] for line in open(calls)) - 1
-    answers = plan.get("answers", ["ready"])
-    print(answers[min(asked, len(answers) - 1)], end="")  # the client prints the bare state, no newline
+if "answers" in plan:  # one answer per call of this step, the last one repeated
+    asked = sum(" ".join(json.loads(line)[:2]) == step for line in open(calls)) - 1
+    plan = plan["answers"][min(asked, len(plan["answers"]) - 1)]
+if "status" in plan:  # `datasets status`: the bare state, or with --format json one object; no newline after it
+    fields = {"status": plan["status"], "current_version_number": plan["version"]}
+    print(json.dumps(fields) if "--format" in sys.argv else plan["status"], end="")
 for line in plan.get("say", []):
     print(line)
 for line in plan.get("err", []):
     print(line, file=sys.stderr)
 sys.exit(plan.get("exit", 0))
 """
+
+
+def state(status: str, version: int) -> dict:
+    """One answer of `datasets status`: the dataset's state and current version number."""
+    return {"status": status, "version": version}
+
+
+# Version 1 is on Kaggle before an upload, version 2 after it.
 SUCCESS = {"datasets create": {"say": [CREATED]}, "datasets version": {"say": [VERSIONED]},
-           "kernels push": {"say": [PUSHED]}, "datasets status": {"answers": ["ready"]}}
+           "kernels push": {"say": [PUSHED]}, "datasets status": {"answers": [state("ready", 1), state("ready", 2)]}}
 
 
 class StandIn:
@@ -151,40 +192,59 @@ def sign_in(home: Path, username: str = OWNER) -> Path:
 
 # ---------------------------------------------------------------------------------------------- the push
 
-def test_push_waits_until_the_dataset_is_ready_then_pushes_the_kernel(dist, client, signed_out, capsys):
+STATUS = ["datasets", "status", DATASET_ID, "--format", "json"]
+
+
+def test_push_waits_until_the_new_version_is_ready_then_pushes_the_kernel(dist, client, signed_out, capsys):
     sign_in(signed_out)
-    client.answer(datasets_status={"answers": ["not_yet_persisted", "blobs_received", "ready"]})
+    client.answer(datasets_status={"answers": [state("ready", 1), state("not_yet_persisted", 2),
+                                               state("blobs_received", 2), state("ready", 2)]})
     clock = FakeClock()
     assert push(dist, "v2", clock=clock, sleep=clock.sleep) == 0
     assert client.calls() == [
-        ["datasets", "version", "-p", str(dist / "dataset"), "-m", "v2", "-r", "zip"],
-        ["datasets", "status", DATASET_ID], ["datasets", "status", DATASET_ID], ["datasets", "status", DATASET_ID],
-        ["kernels", "push", "-p", str(dist / "kernel")],
+        STATUS, ["datasets", "version", "-p", str(dist / "dataset"), "-m", "v2", "-r", "zip"],
+        STATUS, STATUS, STATUS, ["kernels", "push", "-p", str(dist / "kernel")],
     ]
     assert clock.slept == [POLL_SECONDS, POLL_SECONDS]
     out = capsys.readouterr().out
     assert f"signed in with the API key ({signed_out / '.kaggle' / 'kaggle.json'})" in out
     assert VERSIONED in out and PUSHED in out  # the client's own lines are echoed
-    assert "is 'blobs_received'; asking again" in out and f"dataset {DATASET_ID} is ready" in out
+    assert f"dataset {DATASET_ID} is at version 1 (ready)" in out
+    assert f"dataset {DATASET_ID}: 'blobs_received' at version 2; asking again" in out
+    assert f"dataset {DATASET_ID} version 2 is ready" in out
     assert f"https://www.kaggle.com/code/{KERNEL_ID} and save it once in the web UI" in out
+
+
+def test_the_previous_version_ready_is_not_the_new_one(dist, client, signed_out, capsys):
+    sign_in(signed_out)
+    client.answer(datasets_status={"answers": [state("ready", 1), state("ready", 1), state("ready", 1),
+                                               state("ready", 2)]})
+    clock = FakeClock()
+    assert push(dist, "v2", clock=clock, sleep=clock.sleep) == 0
+    assert client.steps() == ["datasets status", "datasets version"] + ["datasets status"] * 3 + ["kernels push"]
+    assert clock.slept == [POLL_SECONDS, POLL_SECONDS]
+    out = capsys.readouterr().out
+    assert f"dataset {DATASET_ID}: 'ready' at version 1, waiting for the version after 1; asking again" in out
 
 
 def test_first_upload_creates_the_dataset(dist, client, signed_out):
     sign_in(signed_out)
     assert push(dist, "ignored", new=True, sleep=pytest.fail) == 0
-    assert client.steps() == ["datasets create", "datasets status", "kernels push"]
+    assert client.steps() == ["datasets create", "datasets status", "kernels push"]  # no version before it
     assert client.calls()[0] == ["datasets", "create", "-p", str(dist / "dataset"), "-r", "zip"]
 
 
+VERSION_STEPS = ["datasets status", "datasets version"]
 REFUSED = {
     "slug taken": (True, {"datasets_create": {"say": [SLUG_TAKEN]}}, ["datasets create"],
                    "kaggle datasets create: the server refused it: " + SLUG_TAKEN
                    + " (the slug may be taken; use `python -m packager push` without --new to add a version)"),
-    "version refused": (False, {"datasets_version": {"say": [VERSION_REFUSED]}}, ["datasets version"],
-                        "kaggle datasets version: the server refused it: " + VERSION_REFUSED
-                        + " (is this the first upload? then `python -m packager push --new` creates the dataset)"),
+    "version refused": (False, {"datasets_version": {"say": [VERSION_REFUSED]}}, VERSION_STEPS,
+                        "kaggle datasets version: the server refused it: " + VERSION_REFUSED),
+    "invalid tags alone": (False, {"datasets_version": {"say": [INVALID_TAGS]}}, VERSION_STEPS,
+                           "kaggle datasets version: the server refused it: " + INVALID_TAGS),
     "kernel refused": (False, {"kernels_push": {"say": [KERNEL_REFUSED]}},
-                       ["datasets version", "datasets status", "kernels push"],
+                       VERSION_STEPS + ["datasets status", "kernels push"],
                        "kaggle kernels push: the server refused it: " + KERNEL_REFUSED),
     "dataset source dropped": (True, {"kernels_push": {"say": [SOURCE_DROPPED, PUSHED]}},
                                ["datasets create", "datasets status", "kernels push"],
@@ -192,7 +252,7 @@ REFUSED = {
                                + SOURCE_DROPPED + f" (the new version runs without it; once `kaggle datasets status "
                                f"{DATASET_ID}` says ready"),
     "competition source warning": (False, {"kernels_push": {"say": [SOURCE_WARNING, PUSHED]}},
-                                   ["datasets version", "datasets status", "kernels push"],
+                                   VERSION_STEPS + ["datasets status", "kernels push"],
                                    "kaggle kernels push: the server left out a source the notebook needs: "
                                    + SOURCE_WARNING),
 }
@@ -223,46 +283,137 @@ def test_the_cli_exits_non_zero_naming_the_cause(dist, client, signed_out, capsy
     assert packager_main(["push", "--dist", str(dist), "--wait", "0"]) == 0
 
 
-def test_a_non_zero_exit_fails_naming_what_the_client_said_last(dist, client, signed_out):
+SIGNED_OUT_HINT = "(Kaggle refused the credentials: create a new API token at https://www.kaggle.com/settings/api)"
+FIRST_UPLOAD_HINT = ("(the dataset does not exist: is this the first upload? then `python -m packager push --new` "
+                     "creates it)")
+EXITS = {
+    "401 on the upload": ({"datasets_version": {"say": AUTH_HELP, "exit": 1}}, VERSION_STEPS,
+                          "kaggle datasets version: it failed (exit 1): HTTP 401: Authentication required to call "
+                          f"the Kaggle API. {SIGNED_OUT_HINT}"),
+    "404 on the upload": ({"datasets_version": {"err": [NOT_FOUND_MESSAGE, "", *NOT_FOUND_HINT], "exit": 1}},
+                          VERSION_STEPS, f"kaggle datasets version: it failed (exit 1): HTTP 404: {NOT_FOUND_MESSAGE} "
+                                         f"{FIRST_UPLOAD_HINT}"),
+    "failed file upload": ({"datasets_version": {"say": ["Starting upload for file wheels.zip"],
+                                                 "err": [UPLOAD_FAILED], "exit": 1}},
+                           VERSION_STEPS, f"kaggle datasets version: it failed (exit 1): {UPLOAD_FAILED}"),
+    "403 on the kernel push": ({"kernels_push": {"err": FORBIDDEN, "exit": 1}},
+                               VERSION_STEPS + ["datasets status", "kernels push"],
+                               f"kaggle kernels push: it failed (exit 1): {FORBIDDEN_LINE} (You don't have access to "
+                               "this resource. If this is a competition, you may need to accept its rules first at "
+                               "https://www.kaggle.com/competitions/<competition>/rules)"),
+    "client crash on the kernel push": ({"kernels_push": {"err": CRASHED, "exit": 1}},
+                                        VERSION_STEPS + ["datasets status", "kernels push"],
+                                        "kaggle kernels push: it failed (exit 1): KeyError: 'status' (a crash of the "
+                                        "client: `kaggle --debug` shows where)"),
+    "401 reading the version": ({"datasets_status": {"say": AUTH_HELP, "exit": 1}}, ["datasets status"],
+                                f"kaggle datasets status {DATASET_ID} --format json: it failed: HTTP 401: "
+                                f"Authentication required to call the Kaggle API. {SIGNED_OUT_HINT}; nothing was "
+                                "uploaded"),
+    "no dataset to version": ({"datasets_status": {"err": [NOT_FOUND_MESSAGE, "", *NOT_FOUND_HINT], "exit": 1}},
+                              ["datasets status"],
+                              f"kaggle datasets status {DATASET_ID} --format json: it failed: HTTP 404: "
+                              f"{NOT_FOUND_MESSAGE} {FIRST_UPLOAD_HINT}; nothing was uploaded"),
+}
+
+
+@pytest.mark.parametrize("answers, steps, cause", EXITS.values(), ids=EXITS)
+def test_a_non_zero_exit_names_the_error_line_then_the_hint(dist, client, signed_out, answers, steps, cause):
     sign_in(signed_out)
-    client.answer(datasets_version={"err": ["404 Client Error: Not Found for url: https://www.kaggle.com/api/v1"],
-                                    "exit": 1})
-    with pytest.raises(PackagingError, match=r"^kaggle datasets version: it failed \(exit 1\): 404 Client Error: "
-                                             r"Not Found .* then `python -m packager push --new` creates"):
+    client.answer(**answers)
+    with pytest.raises(PackagingError) as raised:
         push(dist, "v2", sleep=pytest.fail)
-    assert client.steps() == ["datasets version"]
+    assert str(raised.value) == cause
+    assert client.steps() == steps
+
+
+def test_the_first_upload_hint_is_only_given_where_the_dataset_does_not_exist(dist, client, signed_out):
+    sign_in(signed_out)
+    for answer in ({"say": AUTH_HELP, "exit": 1}, {"err": [UPLOAD_FAILED], "exit": 1}, {"say": [INVALID_TAGS]},
+                   {"say": [VERSION_REFUSED]}, {"err": FORBIDDEN, "exit": 1}):
+        client.answer(datasets_version=answer)
+        with pytest.raises(PackagingError) as raised:
+            push(dist, "v2", sleep=pytest.fail)
+        assert "first upload" not in str(raised.value)
+    client.answer(datasets_version={"say": ["Dataset version creation error: Dataset does not exist"]})
+    with pytest.raises(PackagingError, match="is this the first upload"):
+        push(dist, "v2", sleep=pytest.fail)
 
 
 def test_a_dataset_kaggle_could_not_process_stops_before_the_kernel_push(dist, client, signed_out):
     sign_in(signed_out)
-    client.answer(datasets_status={"answers": ["blobs_received", "failed"]})
+    client.answer(datasets_status={"answers": [state("ready", 1), state("blobs_received", 2), state("failed", 2)]})
     clock = FakeClock()
-    with pytest.raises(PackagingError, match=f"^kaggle datasets status {DATASET_ID}: 'failed': Kaggle could not "
-                                             "process the upload; the kernel was not pushed"):
+    with pytest.raises(PackagingError) as raised:
         push(dist, "v2", clock=clock, sleep=clock.sleep)
-    assert client.steps() == ["datasets version", "datasets status", "datasets status"]
+    assert str(raised.value) == (f"kaggle datasets status {DATASET_ID} --format json: 'failed' at version 2: Kaggle "
+                                 "could not process the upload; the kernel was not pushed (upload again: "
+                                 "`python -m packager push`)")
+    assert client.steps() == VERSION_STEPS + ["datasets status"] * 2
 
 
 def test_a_dataset_that_never_becomes_ready_times_out_without_a_kernel_push(dist, client, signed_out):
     sign_in(signed_out)
-    client.answer(datasets_status={"answers": ["blobs_received"]})
+    client.answer(datasets_status={"answers": [state("ready", 1), state("blobs_received", 2)]})
     clock = FakeClock()
     with pytest.raises(PackagingError) as raised:
         push(dist, "v2", wait=25, clock=clock, sleep=clock.sleep)
-    assert str(raised.value) == (f"kaggle datasets status {DATASET_ID}: still 'blobs_received' after 25 s (--wait 25): "
-                                 f"the kernel was not pushed; once it says ready, run kaggle kernels push -p "
+    assert str(raised.value) == (f"kaggle datasets status {DATASET_ID} --format json: still 'blobs_received' at "
+                                 f"version 2 after 25 s (--wait 25); the kernel was not pushed; once `kaggle datasets "
+                                 f"status {DATASET_ID}` says ready at a version after 1, run kaggle kernels push -p "
                                  f"{dist / 'kernel'}")
     assert clock.slept == [10, 10, 5]
-    assert client.steps() == ["datasets version"] + ["datasets status"] * 4
+    assert client.steps() == VERSION_STEPS + ["datasets status"] * 4
 
 
-def test_a_status_command_that_fails_is_asked_again(dist, client, signed_out):
+SERVER_ERROR = ["503 Server Error: Service Unavailable for url: "
+                "https://api.kaggle.com/v1/datasets.DatasetApiService/GetDatasetStatus", "",
+                "This is a problem on Kaggle's side, not with your command. Please try again later."]
+TRANSIENT = {"connection reset": {"err": ["('Connection aborted.', ConnectionResetError(104, 'Connection reset by "
+                                          "peer'))"], "exit": 1},
+             "rate limited": {"err": RATE_LIMITED, "exit": 1},
+             "server error": {"err": SERVER_ERROR, "exit": 1}}
+
+
+@pytest.mark.parametrize("answer", TRANSIENT.values(), ids=TRANSIENT)
+def test_a_transient_status_error_is_asked_again(dist, client, signed_out, capsys, answer):
     sign_in(signed_out)
-    client.answer(datasets_status={"err": ["Connection reset by peer"], "exit": 1})
+    client.answer(datasets_status={"answers": [state("ready", 1), answer, answer, state("ready", 2)]})
     clock = FakeClock()
-    with pytest.raises(PackagingError, match=r"still 'exit 1: Connection reset by peer' after 10 s"):
-        push(dist, "v2", wait=10, clock=clock, sleep=clock.sleep)
-    assert client.steps() == ["datasets version", "datasets status", "datasets status"]
+    assert push(dist, "v2", clock=clock, sleep=clock.sleep) == 0
+    assert client.steps() == VERSION_STEPS + ["datasets status"] * 3 + ["kernels push"]
+    assert clock.slept == [POLL_SECONDS, POLL_SECONDS]
+
+
+STATUS_FORBIDDEN = ("403 Client Error: Forbidden for url: "
+                    "https://api.kaggle.com/v1/datasets.DatasetApiService/GetDatasetStatus")
+PERMANENT = {
+    "401": ({"say": AUTH_HELP, "exit": 1},
+            f"HTTP 401: Authentication required to call the Kaggle API. {SIGNED_OUT_HINT}"),
+    "403": ({"err": [STATUS_FORBIDDEN, *FORBIDDEN[1:]], "exit": 1},
+            f"{STATUS_FORBIDDEN} (You don't have access to this resource."),
+    "404": ({"err": [NOT_FOUND_MESSAGE, "", *NOT_FOUND_HINT], "exit": 1},
+            f"HTTP 404: {NOT_FOUND_MESSAGE} (The resource was not found."),
+    "client crash": ({"err": CRASHED, "exit": 1}, "KeyError: 'status' (a crash of the client"),
+    "a client without --format": ({"err": ["usage: kaggle [-h] [-v] [-W] {competitions,c,datasets,d} ...",
+                                           "kaggle: error: unrecognized arguments: --format json"], "exit": 2},
+                                  "kaggle: error: unrecognized arguments: --format json;"),
+    "an answer that is not a status": ({"say": ["ready"]},
+                                       "not a status: ready (push reads the JSON answer of kaggle==2.2.5);"),
+}
+
+
+@pytest.mark.parametrize("answer, error", PERMANENT.values(), ids=PERMANENT)
+def test_a_permanent_status_error_stops_the_wait_at_once(dist, client, signed_out, answer, error):
+    sign_in(signed_out)
+    client.answer(datasets_status={"answers": [state("ready", 1), answer]})
+    with pytest.raises(PackagingError) as raised:
+        push(dist, "v2", sleep=pytest.fail)  # the default 30-minute wait: never slept
+    message = str(raised.value)
+    assert message.startswith(f"kaggle datasets status {DATASET_ID} --format json: it failed: {error}")
+    assert message.endswith(f"; not asking again; the kernel was not pushed; once `kaggle datasets status "
+                            f"{DATASET_ID}` says ready at a version after 1, run kaggle kernels push -p "
+                            f"{dist / 'kernel'}")
+    assert client.steps() == VERSION_STEPS + ["datasets status"]
 
 
 def test_without_credentials_nothing_runs_and_every_sign_in_form_is_named(dist, client, signed_out, capsys):
@@ -272,7 +423,7 @@ def test_without_credentials_nothing_runs_and_every_sign_in_form_is_named(dist, 
     for form in ("KAGGLE_API_TOKEN=", f"{signed_out / '.kaggle' / 'access_token'}", "kaggle.json with username and key",
                  "KAGGLE_USERNAME + KAGGLE_KEY", f"{signed_out / '.kaggle' / 'credentials.json'}", "kaggle auth login"):
         assert form in out
-    assert f"kaggle datasets status {DATASET_ID}   # until it says ready" in out
+    assert f"kaggle datasets status {DATASET_ID} --format json   # until a new version is ready" in out
     assert client.calls() == []
 
 
@@ -283,7 +434,7 @@ def test_an_access_token_signs_in_without_an_owner_check(dist, client, signed_ou
     out = capsys.readouterr().out
     assert f"signed in with the access token ({signed_out / '.kaggle' / 'access_token'})" in out
     assert f"the metadata's owner '{OWNER}' is not checked here" in out
-    assert client.steps() == ["datasets version", "datasets status", "kernels push"]
+    assert client.steps() == VERSION_STEPS + ["datasets status", "kernels push"]
 
 
 def test_push_refuses_metadata_of_another_user_of_any_sign_in(dist, client, signed_out):
