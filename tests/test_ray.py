@@ -208,9 +208,10 @@ def test_ctrl_c_stops_the_cluster_work_and_keeps_what_was_computed(ray_cluster, 
     env = {**os.environ, **CLUSTER_ENV}
     process = subprocess.Popen([sys.executable, str(REPO_ROOT / "bench" / "local_lb.py"),
                                 *lb_args(ensemble_path, cache, tmp_path / "run.json", "--engine", "ray", "--address",
-                                         ray_cluster["address"], "--workers", "1")],
+                                         ray_cluster["address"], "--workers", "1", frames=32)],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # 32 frames a video: the first video's entry comes seconds before the last, so Ctrl-C lands mid-run
         deadline = time.monotonic() + 240
         while not cache_entries(cache) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
