@@ -209,7 +209,10 @@ def test_ctrl_c_stops_the_cluster_work_and_keeps_what_was_computed(ray_cluster, 
     process = subprocess.Popen([sys.executable, str(REPO_ROOT / "bench" / "local_lb.py"),
                                 *lb_args(ensemble_path, cache, tmp_path / "run.json", "--engine", "ray", "--address",
                                          ray_cluster["address"], "--workers", "1", frames=32)],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a signal ignored in this process stays ignored in the child, and Python then
+                               # installs no KeyboardInterrupt: Ctrl-C gets its default action back there
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # 32 frames a video: the first video's entry comes seconds before the last, so Ctrl-C lands mid-run
         deadline = time.monotonic() + 240
