@@ -61,7 +61,7 @@ def add_arguments(parser) -> None:
     preset.add_argument("--fps", type=float, help="own timeline: sample the video at about this rate first")
     preset.add_argument("--start", type=int, help="own timeline: its first frame")
     preset.add_argument("--limit", type=int, help="at most this many inputs per track (0: no limit)")
-    preset.add_argument("--share", type=_integers(3), metavar="PERIOD,FIRST,COUNT",
+    preset.add_argument("--share", type=_numbers(3, int), metavar="PERIOD,FIRST,COUNT",
                         help="keep COUNT of each PERIOD inputs from FIRST (NTech: 4,0,2 and 4,2,2)")
     preset.add_argument("--flip", choices=FLIPS, help="alternate: every other input mirrored")
     preset.add_argument("--aggregation", choices=AGGREGATIONS)
@@ -109,23 +109,12 @@ def _interpolation(text: str) -> list[str]:
     return parts * 2 if len(parts) == 1 else parts
 
 
-def _integers(count: int):
-    def parse(text: str) -> list[int]:
-        values = [int(p) for p in text.split(",")]
+def _numbers(count: int, kind=float):
+    def parse(text: str) -> list:
+        values = [kind(p) for p in text.split(",")]
         if len(values) != count:
             raise ValueError(text)
         return values
 
-    parse.__name__ = f"{count} whole numbers"
-    return parse
-
-
-def _numbers(count: int):
-    def parse(text: str) -> list[float]:
-        values = [float(p) for p in text.split(",")]
-        if len(values) != count:
-            raise ValueError(text)
-        return values
-
-    parse.__name__ = f"{count} numbers"
+    parse.__name__ = f"{count} {'whole ' if kind is int else ''}numbers"
     return parse
