@@ -115,6 +115,16 @@ def assert_same_predictions(report: dict, expected: dict) -> None:
                 assert video[name] == pytest.approx(value, abs=1e-6), (video["path"], name)
 
 
+def assert_actors_gone(session: int, timeout: float = 30.0) -> None:
+    """No pool actor process remains in the cluster once a run has returned; `ray.kill` is asynchronous, so the
+    processes get a moment to exit."""
+    deadline = time.monotonic() + timeout
+    while any("VideoScorer" in args for _, args in session_processes(session)):
+        if time.monotonic() > deadline:
+            pytest.fail(f"actors outlived the run: {session_processes(session)}")
+        time.sleep(0.1)
+
+
 def cache_entries(cache: Path) -> list[Path]:
     return sorted(cache.glob("*.json"))
 
@@ -199,7 +209,7 @@ def test_a_killed_actor_loses_only_its_video(ray_cluster, ensemble_path, local_r
     assert_same_predictions(report, local_report)
     assert report["scores"] == local_report["scores"]
     assert len(cache_entries(tmp_path / "cache")) == 16
-    assert not any("VideoScorer" in args for _, args in session_processes(ray_cluster["session"]))
+    assert_actors_gone(ray_cluster["session"])
 
 
 @pytest.mark.slow
@@ -229,12 +239,7 @@ def test_ctrl_c_stops_the_cluster_work_and_keeps_what_was_computed(ray_cluster, 
     assert not (tmp_path / "run.json").exists()
     kept = cache_entries(cache)
     assert 1 <= len(kept) < 16 and all(json.loads(p.read_text())["frame_scores"] is not None for p in kept)
-    for _ in range(100):  # the pool is killed, not left scoring: no actor process remains in the cluster
-        if not any("VideoScorer" in args for _, args in session_processes(ray_cluster["session"])):
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"actors outlived the interrupted run: {session_processes(ray_cluster['session'])}")
+    assert_actors_gone(ray_cluster["session"])  # the pool is killed, not left scoring
 
 
 def test_engine_ray_fails_at_once_without_a_cluster(monkeypatch, loopback, tmp_path, capsys):
