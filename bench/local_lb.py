@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -78,6 +79,21 @@ def open_engine(args: argparse.Namespace) -> Iterator[Scorer]:
         yield lambda videos, frames_per_video: (engine.evaluate(videos, frames_per_video, cache, ensemble), ensemble)
 
 
+def run_name(args: argparse.Namespace) -> str:
+    """The name of a run's files (histogram, tune sweep, report): the set, its root's folder name and a short hash
+    of the resolved root and the layout options, so two roots of one set never overwrite each other's files."""
+    root = args.root or default_root(args.set)
+    options = {k: str(v) for k, v in layout_options(args).items()}
+    identity = json.dumps([str(Path(root).resolve()) if root else None, options, args.limit])
+    label = Path(root).name if root else "none"
+    return f"{args.set}-{label}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+
+
+def run_file(args: argparse.Namespace, suffix: str) -> Path:
+    """Where a run's file of one kind lives by default: LB_DIR/runs/<run name><suffix>."""
+    return LB_DIR / "runs" / f"{run_name(args)}{suffix}"
+
+
 def ensemble_path(args: argparse.Namespace) -> Path:
     """The manifest the run scores: --ensemble (else the default), with each --option applied to a copy."""
     return with_options(args.ensemble or default_manifest(), args.option, LB_DIR / "manifests")
@@ -140,7 +156,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict[str, Scores]]:
     predicted = predictions(evaluation, ensemble)
     rows = score_rows(videos, predicted, per_method=args.set == "ff")
     plot = histogram_png(np.array([v.label for v in videos]), predicted[BLEND],
-                         args.plot or LB_DIR / f"{args.set}_hist.png", f"{args.set}: blend, n={len(videos)}")
+                         args.plot or run_file(args, "_hist.png"), f"{args.set}: blend, n={len(videos)}")
     config = {"root": str(root), "ensemble": str(manifest), "frames_per_video": args.frames_per_video,
               "models": [m.name for m in ensemble.models], **{k: str(v) for k, v in options.items()},
               **({"options": " ".join(args.option)} if args.option else {})}
@@ -157,10 +173,15 @@ def run(args: argparse.Namespace) -> tuple[dict, dict[str, Scores]]:
     return report, rows
 
 
+def layout_options(args: argparse.Namespace) -> dict:
+    """The layout options that choose a set's videos (those given)."""
+    return {k: v for k, v in {"compression": args.compression, "methods": args.methods, "split": args.split,
+                              "quality": args.quality, "labels": args.labels}.items() if v is not None}
+
+
 def labelled_videos(args: argparse.Namespace) -> tuple[list[LabelledVideo], dict]:
     """The set's videos (the first --limit of them) and the layout options that chose them."""
-    options = {k: v for k, v in {"compression": args.compression, "methods": args.methods, "split": args.split,
-                                 "quality": args.quality, "labels": args.labels}.items() if v is not None}
+    options = layout_options(args)
     return load_set(args.set, args.root or default_root(args.set), **options)[: args.limit], options
 
 
@@ -201,7 +222,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_set_arguments(parser)
     parser.add_argument("--json", type=Path, default=None, help="write every figure and prediction here")
-    parser.add_argument("--plot", type=Path, default=None, help=f"histogram PNG (default {LB_DIR}/SET_hist.png)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help=f"histogram PNG (default {LB_DIR}/runs/RUN_hist.png, RUN named by the set, its root "
+                             "and layout options)")
     parser.add_argument("--history-file", type=Path, default=LB_DIR / "history.jsonl")
     parser.add_argument("--history", action="store_true", help="print the leaderboard of past runs and exit")
     args = parser.parse_args(argv)

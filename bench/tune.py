@@ -20,13 +20,13 @@ from matplotlib.figure import Figure
 import blending
 from bench.blend_fit import choose_clamp, log_loss
 from bench.local_lb import (
-    LB_DIR,
     EngineUnavailable,
     add_set_arguments,
     engine_failure,
     labelled_videos,
     model_scores,
     open_engine,
+    run_file,
 )
 from bench.metrics import format_table
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.set}: {len(videos)} videos, blend log loss (manifest clamp {ensemble.blend.clamp}) "
           "by frames per video")
     print(format_table(["frames", "log loss"], [[str(c), f"{loss:.4f}"] for c, loss in losses.items()]))
-    png = args.png or LB_DIR / f"{args.set}_frames.png"
+    png = args.png or run_file(args, "_frames.png")
     png.parent.mkdir(parents=True, exist_ok=True)
     figure = Figure(figsize=(5, 3.5))
     axes = figure.subplots()

@@ -129,3 +129,16 @@ def test_tune_sweeps_frames_and_chooses_a_clamp(ensemble_path, lb_dirs, tmp_path
     assert "frames  log loss" in out and "cross-validation over videos" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.isfinite(float(out.split("clamped ")[-1].split()[0]))
+
+
+def test_run_files_are_named_by_set_root_and_layout(tmp_path):
+    def name(*argv: str) -> str:
+        return local_lb.run_name(local_lb.parse_args(["--set", "ff", *argv]))
+
+    first, second = tmp_path / "a" / "ff", tmp_path / "b" / "ff"  # one folder name, two roots
+    assert name("--root", str(first)) == name("--root", str(first)) != name("--root", str(second))
+    assert name("--root", str(first)).startswith("ff-ff-")
+    assert name("--root", str(first), "--compression", "c40") != name("--root", str(first))
+    assert name("--root", str(first), "--limit", "3") != name("--root", str(first))
+    args = local_lb.parse_args(["--set", "ff", "--root", str(first)])
+    assert local_lb.run_file(args, "_hist.png") == local_lb.LB_DIR / "runs" / f"{name('--root', str(first))}_hist.png"
