@@ -77,7 +77,8 @@ class PredictionCache:
 
 @dataclasses.dataclass
 class Evaluation:
-    """Per video: label, group, each model's frame scores per track, and the seconds spent computing them."""
+    """Per video: label, group, each model's frame scores per track, the seconds spent computing them, and what the
+    video was like (`facts`, None in entries cached before they were recorded)."""
 
     videos: list[LabelledVideo]
     frame_scores: list[dict[str, list[list[float]]]]
@@ -86,11 +87,13 @@ class Evaluation:
     computed: int  # (video, model) pairs that were not in the cache
     nodes: dict[str, int] = dataclasses.field(default_factory=dict)  # --engine ray: videos scored per node
     failed: int = 0  # --engine ray: videos the cluster could not score (their error says why; not cached)
+    facts: list[dict | None] = dataclasses.field(default_factory=list)
 
     def add(self, scores: VideoScores) -> None:
         self.frame_scores.append({name: entry["frame_scores"] for name, entry in scores.entries.items()})
         self.errors.append(next((e["error"] for e in scores.entries.values() if e["error"]), None))
         self.seconds.append(scores.seconds)
+        self.facts.append(next((e["facts"] for e in scores.entries.values() if e.get("facts")), None))
         self.computed += scores.computed
 
 
@@ -116,6 +119,22 @@ def video_scores(path: Path, ensemble: Ensemble, frames_per_video: int, cache: P
         seconds = result.seconds
         for name in missing:
             entries[name] = {"frame_scores": result.frame_scores.get(name, []), "error": result.error,
-                             "seconds": result.seconds}
+                             "seconds": result.seconds, "facts": video_facts(result)}
             cache.put(keys[name], entries[name])
     return VideoScores(entries, len(missing), seconds or next(iter(entries.values()))["seconds"])
+
+
+def video_facts(result: VideoResult) -> dict:
+    """What the error analysis slices a video by: its frame size, length, faces, tracks, and whether the time budget
+    skipped it."""
+    return {"width": result.width, "height": result.height, "duration": result.duration,
+            "face_side": result.face_side, "tracks": len(result.track_lengths), "skipped": result.skipped}
+
+
+def record_facts(path: Path, ensemble: Ensemble, frames_per_video: int, cache: PredictionCache, facts: dict) -> None:
+    """Add a video's facts to its cache entries that lack them (entries written before facts were recorded)."""
+    for model in ensemble.models:
+        key = cache.key(path, ensemble, model.name, frames_per_video)
+        entry = cache.get(key)
+        if entry is not None and not entry.get("facts"):
+            cache.put(key, {**entry, "facts": facts})

@@ -256,16 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"histogram: {report['histogram']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_without_nan(report), indent=2))
+        args.json.write_text(json.dumps(json_safe(report), indent=2))
     return 0
 
 
-def _without_nan(value):
+def json_safe(value):
     """JSON has no NaN: an undefined figure (AUC of a one-class set) is written as null."""
     if isinstance(value, dict):
-        return {k: _without_nan(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_without_nan(v) for v in value]
+        return [json_safe(v) for v in value]
     return None if isinstance(value, float) and math.isnan(value) else value
 
 

@@ -19,7 +19,7 @@ from inference.classify import Classifier, score_tracks
 from inference.crops import TrackCrops, track_crops
 from inference.device import Accelerator, resolve_device, usable_cpus
 from inference.faces import find_sparse, make_face_finder
-from inference.tracks import link_tracks
+from inference.tracks import Track, link_tracks
 from inference.video import DecodedVideo, Timeline, read_video
 from weights import load_ensemble
 
@@ -51,8 +51,12 @@ class VideoResult:
     frame_indices: list[int] = field(default_factory=list)  # the key frames, by index in the video
     reader: str | None = None
     sampling: str | None = None    # "reference": the key frames are the nearest reference frames; see DecodeSpec
+    width: int = 0                 # of the decoded (upright) frames
+    height: int = 0
+    duration: float | None = None  # seconds, from the container's frame count and rate
     faces_per_frame: list[int] = field(default_factory=list)
     track_lengths: list[int] = field(default_factory=list)
+    face_side: float | None = None  # the median longer side of the tracked face boxes, in pixels
     frame_scores: dict[str, list[list[float]]] = field(default_factory=dict)  # model -> track -> frame (or clip)
     model_scores: dict[str, float | None] = field(default_factory=dict)
     blended: float | None = None
@@ -87,11 +91,13 @@ class Decoded:
 
 @dataclass
 class Prepared:
-    """A video after detect and crop: its result so far and, when it has faces, its models' inputs per track."""
+    """A video after detect and crop: its result so far and, when it has faces, its tracks and their models'
+    inputs."""
 
     result: VideoResult
     classifiers: list[Classifier]
     inputs: list[TrackCrops]
+    tracks: list[Track] = field(default_factory=list)
 
 
 class Pipeline:
@@ -210,6 +216,8 @@ class Pipeline:
             video = decoded.video
             result.key_frames, result.frames_decoded, result.reader = len(video.keys), len(video.frames), video.reader
             result.frame_indices, result.sampling = video.keys, video.sampling
+            result.height, result.width = video.frames[video.keys[0]].shape[:2]
+            result.duration = video.total / video.fps if video.total and video.fps else None
             with timed(result.seconds, "detect"):
                 boxes, detected = find_sparse(self.finder, [video.frames[k] for k in video.keys], video.keys,
                                               self.ensemble.detector.every)
@@ -217,12 +225,14 @@ class Pipeline:
             result.frames_detected = len(detected)
             result.faces_per_frame = [len(b) for b in boxes]
             result.track_lengths = [len(t.boxes) for t in tracks]
+            result.face_side = face_side(tracks)
             if not tracks:
                 result.fallback, result.error = True, "no face found"
                 return prepared
             with timed(result.seconds, "crop"):
                 specs = [c.spec for c in classifiers]
                 prepared.inputs = [track_crops(video, t, specs, self.ensemble.detector.margin) for t in tracks]
+            prepared.tracks = tracks
         except Exception as error:  # one bad video must never cost the submission
             self.fail(result, error)
         return prepared
@@ -295,6 +305,12 @@ class Pipeline:
         models', and those of frame models with their own."""
         return sorted({Timeline(*c.spec.input.timeline) for c in self.classifiers_for(models)
                        if c.spec.kind != "frame" or c.spec.input.every})
+
+
+def face_side(tracks: list[Track]) -> float | None:
+    """The median longer side, in pixels, of every box in the tracks; None without any."""
+    sides = [max(box[2] - box[0], box[3] - box[1]) for track in tracks for box in track.boxes.values()]
+    return float(np.median(sides)) if sides else None
 
 
 def finite_or_none(value: float) -> float | None:

@@ -53,6 +53,7 @@ class DecodedVideo:
     sampling: str = "exact"  # "reference" where the keys are the nearest reference frames (see DecodeSpec)
     base: list[int] = field(default_factory=list)  # empty: every key frame is a base frame
     fps: float = 0.0  # the container's frame rate (0: unknown)
+    total: int = 0  # the frames the container holds, as its reader counts them (0: unknown)
 
     def __post_init__(self):
         if not self.base:
@@ -171,13 +172,14 @@ def read_pyav(path: Path, count: int, timelines, decode: DecodeSpec = DecodeSpec
         if decode.sampling == "reference" and shown is not None and stream.codec_context.name == "h264":
             references = h264_references(packets, stream.codec_context.extradata)
         if references is None:  # the reader cannot tell which frames others depend on: decode them all
-            keys, windows, wanted = plan_frames(stream.frames or len(packets), count, timelines, fps=fps)
+            total = stream.frames or len(packets)
+            keys, windows, wanted = plan_frames(total, count, timelines, fps=fps)
             frames = decode_all(stream.codec_context, packets, wanted)
-            return _decoded(frames, keys, windows, "pyav", "exact", fps)
+            return _decoded(frames, keys, windows, "pyav", "exact", fps, total)
         cheap = sorted(index for index, reference in zip(shown, references) if reference)
         keys, windows, wanted = plan_frames(len(packets), count, timelines, cheap, fps)
         frames = decode_needed(stream.codec_context, packets, shown, references, wanted)
-    return _decoded(frames, keys, windows, "pyav", "reference", fps)
+    return _decoded(frames, keys, windows, "pyav", "reference", fps, len(packets))
 
 
 def display_indices(packets: list) -> list[int] | None:
@@ -268,7 +270,7 @@ def read_frame_folder(folder: Path, count: int, timelines) -> DecodedVideo:
         bgr = cv2.imread(str(files[index]))
         if bgr is not None:
             frames[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return _decoded(frames, keys, windows, "frames")
+    return _decoded(frames, keys, windows, "frames", total=len(files))
 
 
 def read_opencv(path: Path, count: int, timelines) -> DecodedVideo:
@@ -279,7 +281,8 @@ def read_opencv(path: Path, count: int, timelines) -> DecodedVideo:
             raise ValueError("OpenCV cannot open the file")
         capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
         fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-        keys, windows, wanted = plan_frames(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), count, timelines, fps=fps)
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        keys, windows, wanted = plan_frames(total, count, timelines, fps=fps)
         frames = {}
         for index in range(max(wanted, default=-1) + 1):
             if not capture.grab():  # grab() skips decoding to RGB: only retrieve() pays for the frames we keep
@@ -290,11 +293,11 @@ def read_opencv(path: Path, count: int, timelines) -> DecodedVideo:
                     frames[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     finally:
         capture.release()
-    return _decoded(frames, keys, windows, "opencv", fps=fps)
+    return _decoded(frames, keys, windows, "opencv", fps=fps, total=total)
 
 
 def _decoded(frames: dict[int, np.ndarray], keys, windows, reader: str, sampling: str = "exact",
-             fps: float = 0.0) -> DecodedVideo:
+             fps: float = 0.0, total: int = 0) -> DecodedVideo:
     """Keep what was really decoded (containers sometimes promise more frames than they hold); the frames of frame
     models' own timelines join the key frames, so detection sees them."""
     if not frames:
@@ -302,4 +305,4 @@ def _decoded(frames: dict[int, np.ndarray], keys, windows, reader: str, sampling
     complete = {key: [run for run in runs if all(i in frames for i in run)] for key, runs in windows.items()}
     base = [k for k in keys if k in frames]
     own = {run[0] for key, runs in complete.items() if key.own and key.frames == 1 for run in runs}
-    return DecodedVideo(frames, sorted(own.union(base)), complete, reader, sampling, base, fps)
+    return DecodedVideo(frames, sorted(own.union(base)), complete, reader, sampling, base, fps, total)

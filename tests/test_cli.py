@@ -11,6 +11,7 @@ import pytest
 
 import inference.cli
 import kernel
+from bench.samples import DEFAULT_SAMPLES
 from inference.cli import parse_args
 from inference.journal import Journal
 from inference.pipeline import STAGES
@@ -46,6 +47,11 @@ def test_faces_found_in_synthetic_videos(sample_run):
         assert not entry["fallback"] and set(entry["model_scores"]) == {
             "meso4_df", "meso4_f2f", "mesoinception4_df", "mesoinception4_f2f"}
         assert set(entry["seconds"]) == set(STAGES)
+        # the report says what the error analysis slices by: frame size, length, face size
+        spec = next(spec for spec in DEFAULT_SAMPLES if spec.name == name)
+        assert (entry["width"], entry["height"]) == (spec.width, spec.height)
+        assert entry["duration"] == pytest.approx(2.0, abs=0.1)  # the session's samples last 2 s
+        assert 110 <= entry["face_side"] <= 450, entry["face_side"]  # the head is about 130 x 360 px
 
 
 @pytest.mark.slow
