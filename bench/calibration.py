@@ -25,6 +25,7 @@ from weights.manifest import CALIBRATIONS
 TEMPERATURE_SCALES = (0.02, 50.0)  # 1/T: from flattening 50x to sharpening 50x
 PLATT_BOUNDS = ((-50.0, 50.0), (-20.0, 20.0))  # (scale, shift) on the logit
 POWER_EXPONENTS = (0.05, 5.0)
+SCALE_TOLERANCE = 1e-3  # of the one-parameter fits: far below what a held-out log loss can tell apart
 FALLBACK_SHRINKAGE = 10  # pseudo-videos at the set's prior: a few no-blend videos cannot pull the fallback far
 BOOTSTRAP = 2000
 
@@ -46,11 +47,11 @@ def fit_calibration(method: str, labels, blended, spec: BlendSpec = BlendSpec())
     if method == "temperature":
         # on log(scale), where flattening and sharpening are symmetric
         best = minimize_scalar(lambda s: loss(CalibrationSpec(method, float(np.exp(s)))), method="bounded",
-                               bounds=np.log(TEMPERATURE_SCALES))
+                               bounds=np.log(TEMPERATURE_SCALES), options={"xatol": SCALE_TOLERANCE})
         return CalibrationSpec(method, float(np.exp(best.x)))
     if method == "power":
         best = minimize_scalar(lambda s: loss(CalibrationSpec(method, float(s))), method="bounded",
-                               bounds=POWER_EXPONENTS)
+                               bounds=POWER_EXPONENTS, options={"xatol": SCALE_TOLERANCE})
         return CalibrationSpec(method, float(best.x))
     if method == "platt":
         best = minimize(lambda x: loss(CalibrationSpec(method, float(x[0]), float(x[1]))), np.array([1.0, 0.0]),
