@@ -2,11 +2,12 @@
 
 Arrays in, numbers out (labels: 1 = FAKE; blended: each video's uncalibrated blend, NaN where it has none). Each
 choice is made by cross-validation, and its gain is measured on held-out folds for the WHOLE procedure (selection
-and fit on the training folds only): repeated seeded stratified k-fold, each video's held-out log loss with the
-tuned value minus without, averaged over repeats; the gain is the mean of those paired differences, its 95%
-interval a seeded bootstrap over videos. A change is worth writing only when that interval is clear of 0.
-Every loss is of what the kernel writes (`blending.final_prediction`): calibrated, then clamped, the fallback
-where the blend is missing (calibration never touches those videos).
+and fit on the training folds only): repeated seeded stratified k-fold, each video's log loss without the tuned
+value minus its held-out log loss with it, averaged over repeats; the gain is the mean of those paired
+differences, its 95% interval a seeded bootstrap over videos. A change is worth writing only when that interval
+is clear of 0. Every loss is of what the kernel writes (`blending.final_prediction`): calibrated, then clamped,
+the fallback where the blend is missing (calibration never touches those videos; the fallback's losses are of
+the clamped blend, as only the no-blend videos differ).
 """
 from __future__ import annotations
 
