@@ -30,7 +30,7 @@ from bench.local_lb import (
     model_scores,
     open_engine,
 )
-from weights import WeightsError, default_manifest, load_ensemble
+from weights import CalibrationSpec, WeightsError, default_manifest, load_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,18 @@ CLAMP_CANDIDATES = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 
 def log_loss(labels, predictions) -> float:
     """Binary log loss of P(FAKE) against labels (1 = FAKE), predictions clipped as Kaggle does."""
+    return float(np.mean(video_losses(labels, predictions)))
+
+
+def video_losses(labels, predictions) -> np.ndarray:
+    """Each video's term of the log loss (their mean is `log_loss`)."""
     labels, predictions = np.asarray(labels, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
     if labels.shape != predictions.shape or labels.ndim != 1 or labels.size == 0:
         raise ValueError(f"need equal-length 1-D labels and predictions, got {labels.shape} and {predictions.shape}")
     if not np.all(np.isfinite(predictions)):
         raise ValueError("predictions contain NaN or inf: replace missing ones by the fallback first")
     probabilities = np.clip(predictions, KAGGLE_EPSILON, 1 - KAGGLE_EPSILON)
-    return float(-np.mean(labels * np.log(probabilities) + (1 - labels) * np.log(1 - probabilities)))
+    return -(labels * np.log(probabilities) + (1 - labels) * np.log(1 - probabilities))
 
 
 def blend(predictions: np.ndarray, weights) -> np.ndarray:
@@ -145,22 +150,19 @@ def choose_clamp(labels, predictions, candidates: Sequence[float] = CLAMP_CANDID
     }
 
 
-def write_blend(manifest: Path, weights: dict[str, float] | None = None,
-                clamp: tuple[float, float] | None = None) -> None:
-    """Rewrite the manifest's blend weights (one per member: a model alone or a pool, by name) and/or its blend clamp
-    range."""
+def write_blend(manifest: Path, weights: dict[str, float] | None = None, clamp: tuple[float, float] | None = None,
+                fallback: float | None = None, calibration: CalibrationSpec | None = None) -> None:
+    """Rewrite the manifest's blend weights (one per member: a model alone or a pool, by name), its clamp range, its
+    fallback (which must lie inside the clamp) and/or its calibration; only those given change."""
     ensemble = load_ensemble(manifest)
-    if weights is not None:
-        try:
+    changes = {"clamp": None if clamp is None else (float(clamp[0]), float(clamp[1])),
+               "fallback": None if fallback is None else float(fallback), "calibration": calibration}
+    try:
+        if weights is not None:
             ensemble = ensemble.with_weights(weights)
-        except WeightsError as error:
-            raise ValueError(str(error)) from None
-    blend_spec = ensemble.blend
-    if clamp is not None:
-        lo, hi = float(clamp[0]), float(clamp[1])
-        if not lo <= blend_spec.fallback <= hi:
-            raise ValueError(f"fallback {blend_spec.fallback} lies outside the new clamp range ({lo}, {hi})")
-        blend_spec = dataclasses.replace(blend_spec, clamp=(lo, hi))
+        blend_spec = dataclasses.replace(ensemble.blend, **{k: v for k, v in changes.items() if v is not None})
+    except WeightsError as error:
+        raise ValueError(str(error)) from None
     dataclasses.replace(ensemble, blend=blend_spec).save(manifest)
 
 

@@ -107,7 +107,7 @@ def engine_failure(program: str, error: Exception) -> int:
 
 def predictions(evaluation: Evaluation, ensemble: Ensemble) -> dict[str, np.ndarray]:
     """What the kernel would write: each blend member alone (a model, or a pool; clamped, fallback where it has no
-    score) and the blend."""
+    score) and the blend (calibrated as the manifest says, then clamped)."""
     blend = ensemble.blend
     weights = {m.name: m.weight for m in ensemble.members()}
     names = [m.name for m in ensemble.members()]
@@ -116,8 +116,7 @@ def predictions(evaluation: Evaluation, ensemble: Ensemble) -> dict[str, np.ndar
         scores = dict(zip(names, row.tolist()))
         for name, value in scores.items():
             rows[name].append(blending.clamp_prediction(value, blend.clamp, blend.fallback))
-        rows[BLEND].append(blending.clamp_prediction(blending.blend_models(scores, weights), blend.clamp,
-                                                     blend.fallback))
+        rows[BLEND].append(blending.final_prediction(blending.blend_models(scores, weights), blend))
     return {name: np.asarray(values) for name, values in rows.items()}
 
 

@@ -52,6 +52,15 @@ def _mean_or_nan(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
+def bootstrap_interval(values, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """The 95% percentile interval of the mean of `values` (one per video) over `resamples` seeded resamples."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = [values[rng.integers(0, values.size, size=values.size)].mean() for _ in range(resamples)]
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def score(labels, predictions, bootstrap: int = 1000, seed: int = 0) -> Scores:
     """Score P(FAKE) predictions against 0/1 labels; the log-loss interval comes from `bootstrap` seeded resamples."""
     if bootstrap < 1:
@@ -61,17 +70,14 @@ def score(labels, predictions, bootstrap: int = 1000, seed: int = 0) -> Scores:
     # labels=[0, 1] lets sklearn score a set holding only one class
     point = float(log_loss(y, p, labels=[0, 1]))
     # log loss is a mean of per-sample losses, so each resample's loss is the mean over resampled indices
-    per_sample = -(y * np.log(p) + (1 - y) * np.log1p(-p))
-    rng = np.random.default_rng(seed)
-    losses = [per_sample[rng.integers(0, y.size, size=y.size)].mean() for _ in range(bootstrap)]
-    low, high = np.percentile(losses, [2.5, 97.5])
+    low, high = bootstrap_interval(-(y * np.log(p) + (1 - y) * np.log1p(-p)), bootstrap, seed)
     both_classes = 0 < y.sum() < y.size
     return Scores(
         n=int(y.size),
         n_real=int((y == 0).sum()),
         n_fake=int((y == 1).sum()),
         log_loss=point,
-        log_loss_ci=(float(low), float(high)),
+        log_loss_ci=(low, high),
         auc=float(roc_auc_score(y, p)) if both_classes else math.nan,
         accuracy=float(((p >= THRESHOLD) == (y == 1)).mean()),
         mean_real=_mean_or_nan(p[y == 0]),

@@ -1,5 +1,5 @@
 """Turn per-frame P(FAKE) scores into one clamped prediction per video: aggregate frames, combine tracks, blend
-the models, clamp."""
+the models, calibrate, clamp."""
 from __future__ import annotations
 
 import math
@@ -93,9 +93,36 @@ def blend_models(video_scores: Mapping[str, float], weights: Mapping[str, float]
     return weighted / total if total > 0 else math.nan
 
 
-def clamp_prediction(score: float, clamp: tuple[float, float], fallback: float) -> float:
-    """Clamp to [lo, hi]; a missing (NaN) score becomes the fallback value."""
-    if not math.isfinite(score):
-        return fallback
-    lo, hi = clamp
-    return min(max(score, lo), hi)
+def clamp_prediction(score, clamp: tuple[float, float], fallback: float):
+    """Clamp a score (or an array of them) to [lo, hi]; a missing (NaN) score becomes the fallback value."""
+    score = np.asarray(score, dtype=np.float64)
+    clamped = np.where(np.isfinite(score), np.clip(score, *clamp), fallback)
+    return float(clamped) if clamped.ndim == 0 else clamped
+
+
+def calibrate(score, method: str = "none", scale: float = 1.0, shift: float = 0.0):
+    """A blend P(FAKE) (or an array) mapped: none p; temperature sigmoid(scale logit p); platt sigmoid(scale logit p +
+    shift); power 0.5 + sign(p - 0.5) |p - 0.5|^scale, in [0, 1]. NaN stays NaN."""
+    missing = np.isnan(np.asarray(score, dtype=np.float64))
+    p = np.where(missing, 0.5, score)  # NaN mapped as any score would raise floating-point warnings
+    if method == "none":
+        mapped = p
+    elif method in ("temperature", "platt"):
+        held = np.clip(p, LOGIT_EDGE, 1 - LOGIT_EDGE)
+        logit = scale * (np.log(held) - np.log1p(-held)) + (shift if method == "platt" else 0.0)
+        mapped = np.exp(-np.logaddexp(0.0, -logit))  # the sigmoid, without overflow at either end
+    elif method == "power":
+        distance = p - 0.5
+        mapped = np.clip(0.5 + np.sign(distance) * np.abs(distance) ** scale, 0.0, 1.0)
+    else:
+        raise ValueError(f"unknown calibration {method!r}")
+    mapped = np.where(missing, np.nan, mapped)
+    return float(mapped) if mapped.ndim == 0 else mapped
+
+
+def final_prediction(blended, spec):
+    """What the kernel writes for a video's blend (or an array of them) under a manifest's `BlendSpec`: calibrated,
+    then clamped; the fallback where the blend is missing (NaN)."""
+    calibration = spec.calibration
+    return clamp_prediction(calibrate(blended, calibration.method, calibration.scale, calibration.shift),
+                            spec.clamp, spec.fallback)

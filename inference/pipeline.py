@@ -272,8 +272,9 @@ class Pipeline:
         return per_video
 
     def blend(self, result: VideoResult, frame_scores: dict[str, list[np.ndarray]]) -> None:
-        """Aggregate frames, combine tracks, blend the members (models alone, or pools) and clamp: the video's label.
-        The report's model scores hold each model alone and each pool."""
+        """Aggregate frames, combine tracks, blend the members (models alone, or pools), calibrate and clamp: the
+        video's label (`blended` stays the uncalibrated blend). The report's model scores hold each model alone and
+        each pool."""
         specs = {c.spec.name: c.spec for c in self.classifiers}
         alone = {name: blending.video_score(tracks, specs[name].aggregation, self.ensemble.combine_for(specs[name]))
                  for name, tracks in frame_scores.items()}
@@ -282,9 +283,8 @@ class Pipeline:
         result.frame_scores = {k: [track.tolist() for track in v] for k, v in frame_scores.items()}
         result.model_scores = {k: finite_or_none(v) for k, v in {**alone, **scores}.items()}
         result.blended = finite_or_none(blending.blend_models(scores, self.blend_weights))
-        blend = self.ensemble.blend
-        result.label = blending.clamp_prediction(result.blended if result.blended is not None else math.nan,
-                                                 blend.clamp, blend.fallback)
+        result.label = blending.final_prediction(result.blended if result.blended is not None else math.nan,
+                                                 self.ensemble.blend)
         result.fallback = result.blended is None
         if result.fallback:
             result.error = "no model could score the faces"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import inference.cli
 from bench.samples import SampleSpec, make_samples
+from weights import DetectorSpec, Ensemble, InputSpec, ModelSpec
 
 
 def read_rows(path: Path) -> dict[str, float]:
@@ -37,3 +38,13 @@ def make_small_videos(folder: Path) -> Path:
     specs = [SampleSpec(f"clip_{i:02d}.mp4", 640, 360, 1) for i in range(9)] + [SampleSpec("empty.mp4", 640, 360, 0)]
     make_samples(folder, seconds=1.0, specs=specs)
     return folder
+
+
+def small_manifest(folder: Path, names: tuple[str, ...] = ("alpha", "beta")) -> Path:
+    """A manifest of meso4 models with no weight files behind it (loading never opens checkpoints)."""
+    models = tuple(ModelSpec(name=name, arch="meso4", checkpoint=f"{name}.pt", sha256="0" * 64,
+                             input=InputSpec(size=256)) for name in names)
+    detector = DetectorSpec(arch="blazeface", checkpoint="detector.pt", sha256="0" * 64, min_score=0.5)
+    path = folder / "ensemble.json"
+    Ensemble(root=folder, detector=detector, models=models).save(path)
+    return path

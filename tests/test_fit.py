@@ -9,7 +9,8 @@ from scipy.optimize import OptimizeResult
 from bench import blend_fit
 from bench.blend_fit import blend, choose_clamp, cross_validate_weights, fit_weights, log_loss, write_blend
 from blending import blend_models
-from weights.manifest import DetectorSpec, Ensemble, InputSpec, ModelSpec, load_ensemble
+from tests.helpers import small_manifest
+from weights.manifest import load_ensemble
 
 
 def sigmoid(z):
@@ -110,18 +111,6 @@ def test_clamp_tightens_for_overconfident_predictions():
     assert result["lo"] >= 0.05 and result["hi"] == pytest.approx(1 - result["lo"])
     assert result["log_loss_clamped"] < result["log_loss_unclamped"]
     assert result["cv_log_loss_clamped"] < result["log_loss_unclamped"]
-
-
-def small_manifest(tmp_path):
-    """A two-model manifest with no weight files behind it (loading never opens checkpoints)."""
-    models = tuple(
-        ModelSpec(name=name, arch="meso4", checkpoint=f"{name}.pt", sha256="0" * 64, input=InputSpec(size=256))
-        for name in ("alpha", "beta")
-    )
-    detector = DetectorSpec(arch="blazeface", checkpoint="detector.pt", sha256="0" * 64, min_score=0.5)
-    path = tmp_path / "ensemble.json"
-    Ensemble(root=tmp_path, detector=detector, models=models).save(path)
-    return path
 
 
 def test_write_blend_round_trips_weights_and_clamp(tmp_path):

@@ -122,13 +122,19 @@ def test_tune_sweeps_frames_and_chooses_a_clamp(ensemble_path, lb_dirs, tmp_path
 
     monkeypatch.setattr(local_lb, "Pipeline", pipeline)
     png = tmp_path / "frames.png"
-    assert tune.main(["--set", "dfdc", "--ensemble", str(ensemble_path), "--frames", "4,6,8",
-                      "--cache", str(tmp_path / "cache"), "--png", str(png), "--folds", "4"]) == 0
+    run = tmp_path / "tune.json"
+    assert tune.main(["--set", "dfdc", "--ensemble", str(ensemble_path), "--frames", "4,6,8", "--dry-run",
+                      "--cache", str(tmp_path / "cache"), "--png", str(png), "--folds", "4", "--json", str(run)]) == 0
     assert len(built) == 1
     out = capsys.readouterr().out
     assert "frames  log loss" in out and "cross-validation over videos" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.isfinite(float(out.split("clamped ")[-1].split()[0]))
+    assert "calibration after the blend" in out and "written into" not in out
+    report = json.loads(run.read_text())
+    assert set(report["frames_per_video"]) == {"4", "6", "8"} and report["n"] == 4
+    assert report["best_frames"] in (4, 6, 8) and report["calibration"]["method"] in ("none", "temperature",
+                                                                                     "platt", "power")
 
 
 def test_run_files_are_named_by_set_root_and_layout(tmp_path):

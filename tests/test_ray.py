@@ -148,7 +148,7 @@ def test_ray_engine_scores_like_local_and_reruns_from_cache(ray_cluster, ensembl
     # tune: one pool for every frame count; 8 frames is cached, 4 is computed on the cluster
     assert tune.main(["--set", "dfdc", "--ensemble", str(ensemble_path), "--frames", "4,8", "--cache", str(cache),
                       "--png", str(tmp_path / "frames.png"), "--folds", "4", "--engine", "ray",
-                      "--address", address]) == 0
+                      "--address", address, "--dry-run", "--json", str(tmp_path / "tune.json")]) == 0
     out = capsys.readouterr().out
     assert "frames  log loss" in out and "cross-validation over videos" in out
     assert len(cache_entries(cache)) == 32

@@ -7,6 +7,7 @@ from weights import archs  # noqa: F401  (registers the architectures)
 from weights.checkpoint import WeightsError, load_checkpoint, sha256_of
 from weights.manifest import (
                               BlendSpec,
+                              CalibrationSpec,
                               DecodeSpec,
                               DetectorSpec,
                               Ensemble,
@@ -20,7 +21,8 @@ from weights.manifest import (
 from weights.registry import arch_config, create_model, list_archs, register_arch
 
 __all__ = [
-    "BlendSpec", "DecodeSpec", "DetectorSpec", "Ensemble", "InputSpec", "ManifestFile", "ModelSpec", "TrackSpec",
+    "BlendSpec", "CalibrationSpec", "DecodeSpec", "DetectorSpec", "Ensemble", "InputSpec", "ManifestFile", "ModelSpec",
+    "TrackSpec",
     "WeightsError",
     "arch_config", "create_model", "default_manifest", "list_archs", "load_checkpoint", "load_ensemble",
     "register_arch", "sha256_of",

@@ -7,6 +7,7 @@ from its architecture's registered defaults.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +33,7 @@ VIDEO_SCORES = ("max", "mean", "pool")
 RUNTIMES = ("auto", "torch", "onnx")
 LANDMARK_DETECTORS = ("retinaface_mobilenet", "retinaface_resnet50")  # their rows carry five landmarks (see align)
 SAMPLINGS = ("reference", "exact")
+CALIBRATIONS = ("none", "temperature", "platt", "power")  # the maps of blending.calibrate
 
 
 def default_manifest() -> Path:
@@ -209,17 +211,44 @@ class Member:
 
 
 @dataclass(frozen=True)
+class CalibrationSpec:
+    """The map applied to the blend before the clamp (`blending.calibrate`): none, temperature (`scale` = 1/T),
+    platt (`scale`, `shift` on the logit) or power (NTech's, exponent `scale`)."""
+
+    method: str = "none"
+    scale: float = 1.0
+    shift: float = 0.0
+
+    def __post_init__(self):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                      for v in (self.scale, self.shift))
+        checks = [
+            (self.method in CALIBRATIONS, f"method must be one of {CALIBRATIONS}, not {self.method!r}"),
+            (numbers, f"scale and shift must be finite numbers, not {self.scale!r} and {self.shift!r}"),
+            (not numbers or self.method not in ("temperature", "power") or self.scale > 0,
+             f"{self.method} needs scale > 0, not {self.scale}"),
+            (not numbers or self.method == "platt" or self.shift == 0, f"only platt has a shift, not {self.method}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise WeightsError(f"blend calibration: {message}")
+
+
+@dataclass(frozen=True)
 class BlendSpec:
-    """The range predictions are clamped to, the value written for a video with no face or any failure, and the
-    pools of models blended as one."""
+    """The range predictions are clamped to, the value written for a video with no face or any failure, the
+    pools of models blended as one and the calibration of the blend (applied before the clamp)."""
 
     clamp: tuple[float, float] = (0.01, 0.99)
     fallback: float = 0.5
     pools: tuple[PoolSpec, ...] = ()
+    calibration: CalibrationSpec = CalibrationSpec()
 
     def __post_init__(self):
         object.__setattr__(self, "pools", tuple(p if isinstance(p, PoolSpec) else PoolSpec(**as_tuples(p))
                                                 for p in self.pools))
+        if not isinstance(self.calibration, CalibrationSpec):
+            object.__setattr__(self, "calibration", CalibrationSpec(**self.calibration))
         lo, hi = self.clamp
         if not 0.0 <= lo < hi <= 1.0:
             raise WeightsError(f"blend clamp must satisfy 0 <= lo < hi <= 1, got {self.clamp}")
