@@ -7,28 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.metrics import CLIP
+from bench.metrics import bootstrap_interval
 
 FACE_SIDE_BINS = (64, 128, 256)  # pixels: DFDC faces run from ~40 px (far, 1080p) to ~500 px (close-ups)
 DURATION_BINS = (5, 10, 20)  # seconds: DFDC clips are 10 s, FF++ sequences from 10 s to a minute
 RESOLUTION_BINS = (480, 720, 1080)  # the frame's shorter side
 RELIABILITY_BINS = 10
-
-
-def video_losses(labels, predictions) -> np.ndarray:
-    """Each video's log loss (predictions clipped as Kaggle did): what the set's log loss averages."""
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.clip(np.asarray(predictions, dtype=np.float64), CLIP, 1 - CLIP)
-    return -(y * np.log(p) + (1 - y) * np.log1p(-p))
-
-
-def bootstrap_interval(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of the mean of `values` from seeded resamples of them."""
-    values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def binned(value: float | None, edges: tuple[float, ...], unit: str) -> str:

@@ -30,28 +30,17 @@ from bench.local_lb import (
     model_scores,
     open_engine,
 )
+from bench.metrics import video_losses
 from weights import CalibrationSpec, WeightsError, default_manifest, load_ensemble
 
 log = logging.getLogger(__name__)
 
-KAGGLE_EPSILON = 1e-15  # Kaggle clips submissions to [eps, 1 - eps] before scoring
 CLAMP_CANDIDATES = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 
 
 def log_loss(labels, predictions) -> float:
     """Binary log loss of P(FAKE) against labels (1 = FAKE), predictions clipped as Kaggle does."""
     return float(np.mean(video_losses(labels, predictions)))
-
-
-def video_losses(labels, predictions) -> np.ndarray:
-    """Each video's term of the log loss (their mean is `log_loss`)."""
-    labels, predictions = np.asarray(labels, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
-    if labels.shape != predictions.shape or labels.ndim != 1 or labels.size == 0:
-        raise ValueError(f"need equal-length 1-D labels and predictions, got {labels.shape} and {predictions.shape}")
-    if not np.all(np.isfinite(predictions)):
-        raise ValueError("predictions contain NaN or inf: replace missing ones by the fallback first")
-    probabilities = np.clip(predictions, KAGGLE_EPSILON, 1 - KAGGLE_EPSILON)
-    return -(labels * np.log(probabilities) + (1 - labels) * np.log(1 - probabilities))
 
 
 def blend(predictions: np.ndarray, weights) -> np.ndarray:

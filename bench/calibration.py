@@ -18,8 +18,8 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 import blending
-from bench.blend_fit import _check_labels, _folds, log_loss, video_losses
-from bench.metrics import bootstrap_interval
+from bench.blend_fit import _check_labels, _folds, log_loss
+from bench.metrics import bootstrap_interval, video_losses
 from weights import BlendSpec, CalibrationSpec
 from weights.manifest import CALIBRATIONS
 

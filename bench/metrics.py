@@ -52,6 +52,17 @@ def _mean_or_nan(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
+def video_losses(labels, predictions) -> np.ndarray:
+    """Each video's term of the log loss (their mean is `log_loss`)."""
+    labels, predictions = np.asarray(labels, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
+    if labels.shape != predictions.shape or labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"need equal-length 1-D labels and predictions, got {labels.shape} and {predictions.shape}")
+    if not np.all(np.isfinite(predictions)):
+        raise ValueError("predictions contain NaN or inf: replace missing ones by the fallback first")
+    probabilities = np.clip(predictions, CLIP, 1 - CLIP)
+    return -(labels * np.log(probabilities) + (1 - labels) * np.log(1 - probabilities))
+
+
 def bootstrap_interval(values, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """The 95% percentile interval of the mean of `values` (one per video) over `resamples` seeded resamples."""
     values = np.asarray(values, dtype=np.float64)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from bench.analysis import reliability, slice_attributes, slices, video_losses
+from bench.analysis import reliability, slice_attributes, slices
 from bench.datasets import default_root
 from bench.history import git_commit
 from bench.lb_cache import PredictionCache, record_facts, video_facts
@@ -46,7 +46,7 @@ from bench.local_lb import (
     run_file,
     score_rows,
 )
-from bench.metrics import format_metric, format_table
+from bench.metrics import format_metric, format_table, video_losses
 from bench.pictures import video_pictures
 from inference.pipeline import Pipeline
 

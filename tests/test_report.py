@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from bench import local_lb, report
-from bench.analysis import reliability, slice_attributes, slices, video_losses
+from bench.analysis import reliability, slice_attributes, slices
 from bench.lb_cache import PredictionCache
+from bench.metrics import video_losses
 from bench.pictures import TILE, video_pictures
 from inference.pipeline import Pipeline
 
