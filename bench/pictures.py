@@ -3,6 +3,7 @@ and one frame with the face tracks' boxes drawn. The frames are read and the fac
 pipeline); no model runs: the scores come from the prediction cache."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,11 @@ def text_band(width: int, text: str, height: int = 18) -> np.ndarray:
     return band
 
 
+def caption(score: float) -> str:
+    """A crop's score to 3 decimals, or "-" where the cache holds none."""
+    return f"{score:.3f}" if math.isfinite(score) else "-"
+
+
 def tile(image: np.ndarray, caption: str) -> np.ndarray:
     """A crop scaled to TILE pixels high, with its caption below."""
     width = max(1, round(image.shape[1] * TILE / image.shape[0]))
@@ -70,17 +76,18 @@ def spread(count: int, most: int) -> list[int]:
 
 
 def model_faces(inputs, spec, scores: list[float]) -> list[tuple[np.ndarray, float]]:
-    """One track's inputs of one model as (image, score) pairs: the faces of a frame model, the middle frame of each
-    clip of a clip or sequence model (a sequence model's per-frame scores averaged over each clip)."""
+    """One track's inputs of one model as (image, score) pairs, NaN where the cache holds no score: the faces of a
+    frame model, the middle frame of each clip of a clip or sequence model (a sequence model's per-frame scores
+    averaged over each clip)."""
     if spec.kind == "frame":
         faces = inputs.faces.get(crop_key(spec.input))
-        return list(zip(faces, scores)) if faces is not None else []
-    clips = inputs.clips.get(stack_key(spec))
-    if clips is None or not len(clips):
-        return []
-    per_clip = len(scores) // len(clips) or 1
-    clip_scores = [float(np.mean(scores[i * per_clip:(i + 1) * per_clip])) for i in range(len(clips))]
-    return [(clip[len(clip) // 2], score) for clip, score in zip(clips, clip_scores)]
+        images = list(faces) if faces is not None else []
+    else:
+        clips = inputs.clips.get(stack_key(spec))
+        images = [clip[len(clip) // 2] for clip in clips] if clips is not None else []
+        if images and scores and len(scores) % len(images) == 0:
+            scores = np.asarray(scores, np.float64).reshape(len(images), -1).mean(axis=1).tolist()
+    return list(zip(images, [*scores, *[math.nan] * (len(images) - len(scores))]))
 
 
 def video_pictures(runner: Pipeline, path: Path, frames: int,
@@ -97,7 +104,7 @@ def video_pictures(runner: Pipeline, path: Path, frames: int,
             scores = (frame_scores.get(spec.name) or [])
             pairs = model_faces(inputs, spec, scores[number] if number < len(scores) else [])
             if pairs:
-                tiles = [tile(pairs[i][0], f"{pairs[i][1]:.3f}") for i in spread(len(pairs), CROPS_PER_ROW)]
+                tiles = [tile(pairs[i][0], caption(pairs[i][1])) for i in spread(len(pairs), CROPS_PER_ROW)]
                 rows.append(row(tiles, f"track {number}: {spec.name} ({len(pairs)} inputs)"))
     return VideoPictures(jpeg(stacked(rows)) if rows else None, jpeg(boxed_frame(decoded.video, prepared.tracks)))
 
