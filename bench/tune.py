@@ -48,9 +48,11 @@ def unclamped_blend(scores: np.ndarray, ensemble) -> np.ndarray:
 
 
 def gain_text(result: dict) -> str:
-    """A tuned value's held-out log loss before -> after and its gain with the 95% interval."""
+    """The held-out log loss before -> after and the gain with its 95% interval: of the whole procedure (choosing and
+    fitting on the training folds), which on small sets may choose otherwise than the choice on every video."""
     low, high = result["interval"]
-    return (f"held-out log loss {result['log_loss_before']:.4f} -> {result['log_loss_after']:.4f}, "
+    return (f"chosen and fitted on training folds, held out: log loss {result['log_loss_before']:.4f} -> "
+            f"{result['log_loss_after']:.4f}, "
             f"gain {result['gain']:.4f} [{low:.4f}, {high:.4f}]")
 
 
