@@ -81,7 +81,7 @@ def score(labels, predictions, bootstrap: int = 1000, seed: int = 0) -> Scores:
     # labels=[0, 1] lets sklearn score a set holding only one class
     point = float(log_loss(y, p, labels=[0, 1]))
     # log loss is a mean of per-sample losses, so each resample's loss is the mean over resampled indices
-    low, high = bootstrap_interval(-(y * np.log(p) + (1 - y) * np.log1p(-p)), bootstrap, seed)
+    low, high = bootstrap_interval(video_losses(y, p), bootstrap, seed)
     both_classes = 0 < y.sum() < y.size
     return Scores(
         n=int(y.size),

@@ -101,7 +101,7 @@ def video_pictures(runner: Pipeline, path: Path, frames: int,
     for number, inputs in enumerate(prepared.inputs[:MAX_TRACKS]):
         for classifier in prepared.classifiers:
             spec = classifier.spec
-            scores = (frame_scores.get(spec.name) or [])
+            scores = frame_scores.get(spec.name) or []
             pairs = model_faces(inputs, spec, scores[number] if number < len(scores) else [])
             if pairs:
                 tiles = [tile(pairs[i][0], caption(pairs[i][1])) for i in spread(len(pairs), CROPS_PER_ROW)]

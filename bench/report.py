@@ -71,18 +71,37 @@ def marginal_values(evaluation, ensemble, labels: np.ndarray, blend_loss: float)
     return values
 
 
-def backfill_facts(videos, evaluation, ensemble, manifest: Path, args, cache: PredictionCache) -> Pipeline | None:
+def backfill_facts(videos, evaluation, ensemble, runner: Pipeline, frames: int, cache: PredictionCache) -> None:
     """Read and detect once the videos whose cache entries predate their facts; record the facts in the cache."""
     missing = [i for i, facts in enumerate(evaluation.facts) if facts is None]
-    if not missing:
-        return None
-    log.warning("report: %d videos were cached without their facts: reading and detecting them once", len(missing))
-    runner = Pipeline(manifest, args.device, readers=0)
+    if missing:
+        log.warning("report: %d videos were cached without their facts: reading and detecting them once",
+                    len(missing))
     for i in missing:
-        result = runner.prepare(runner.read(runner.job(videos[i].path, args.frames_per_video, set()))).result
-        evaluation.facts[i] = video_facts(result)
-        record_facts(videos[i].path, ensemble, args.frames_per_video, cache, evaluation.facts[i])
-    return runner
+        evaluation.facts[i] = video_facts(runner.prepare(runner.read(runner.job(videos[i].path, frames, set()))).result)
+        record_facts(videos[i].path, ensemble, frames, cache, evaluation.facts[i])
+
+
+def worst_videos(runner: Pipeline, videos, evaluation, predicted: dict[str, np.ndarray], losses: np.ndarray,
+                 attributes: list[dict], count: int, frames: int) -> tuple[list[dict], dict[str, bytes]]:
+    """The `count` videos of largest loss, each with its numbers and the names of its pictures; the pictures."""
+    entries, images = [], {}
+    for rank, i in enumerate(np.argsort(-losses, kind="stable")[:count], start=1):
+        video = videos[i]
+        entry = {"rank": rank, "path": str(video.path), "label": video.label, "group": video.group,
+                 "prediction": float(predicted[BLEND][i]), "loss": float(losses[i]), "error": evaluation.errors[i],
+                 "facts": evaluation.facts[i], "slices": attributes[i],
+                 "models": {name: float(predicted[name][i]) for name in predicted if name != BLEND}}
+        try:
+            pictures = video_pictures(runner, video.path, frames, evaluation.frame_scores[i])
+            for kind, data in (("strip", pictures.strip), ("frame", pictures.frame)):
+                if data is not None:
+                    images[f"worst{rank}_{kind}"] = data
+                    entry[kind] = f"worst{rank}_{kind}"
+        except Exception as error:  # a video the pipeline cannot show still gets its row and numbers
+            entry["pictures_error"] = f"{type(error).__name__}: {error}"
+        entries.append(entry)
+    return entries, images
 
 
 def figure_png(figure: Figure) -> bytes:
@@ -141,45 +160,30 @@ def build(args: argparse.Namespace) -> tuple[dict, dict[str, bytes]]:
     with open_engine(args) as score_videos:
         videos, options = labelled_videos(args)
         evaluation, ensemble = score_videos(videos, args.frames_per_video)
-    runner = backfill_facts(videos, evaluation, ensemble, manifest, args, cache)
-    labels = np.array([v.label for v in videos])
-    predicted = predictions(evaluation, ensemble)
+    runner = Pipeline(manifest, args.device, readers=0)  # reads again: videos without facts, the worst videos
+    try:
+        backfill_facts(videos, evaluation, ensemble, runner, args.frames_per_video, cache)
+        labels = np.array([v.label for v in videos])
+        predicted = predictions(evaluation, ensemble)
+        losses = video_losses(labels, predicted[BLEND])
+        extra = {"compression": options.get("compression", "c23")} if args.set == "ff" else {}
+        attributes = [slice_attributes(v.label, v.group, error, facts, GROUP_NAMES[args.set], extra)
+                      for v, error, facts in zip(videos, evaluation.errors, evaluation.facts)]
+        worst, images = worst_videos(runner, videos, evaluation, predicted, losses, attributes, args.worst,
+                                     args.frames_per_video)
+    finally:
+        runner.close()
     rows = score_rows(videos, predicted, per_method=args.set == "ff")
-    losses = video_losses(labels, predicted[BLEND])
-    blend_loss = float(losses.mean())
-    marginal = marginal_values(evaluation, ensemble, labels, blend_loss)
+    marginal = marginal_values(evaluation, ensemble, labels, float(losses.mean()))
     calibration = {name: reliability(labels, values) for name, values in predicted.items()}
-    extra = {"compression": options.get("compression", "c23")} if args.set == "ff" else {}
-    attributes = [slice_attributes(v.label, v.group, error, facts, GROUP_NAMES[args.set], extra)
-                  for v, error, facts in zip(videos, evaluation.errors, evaluation.facts)]
     ranked = slices(attributes, losses)
 
-    images = {"histograms": histograms_png(labels, predicted),
-              "reliability": reliability_png(calibration[BLEND], "blend")}
+    images.update(histograms=histograms_png(labels, predicted),
+                  reliability=reliability_png(calibration[BLEND], "blend"))
     tune_file = args.tune_json or run_file(args, "_tune.json")
     frames_losses = json.loads(tune_file.read_text()).get("frames_per_video") if tune_file.is_file() else None
     if frames_losses:
         images["frames"] = frames_png(frames_losses, f"{args.set}: blend, n={len(videos)} (tune run)")
-
-    worst = []
-    for rank, i in enumerate(np.argsort(-losses, kind="stable")[: args.worst]):
-        video = videos[i]
-        entry = {"rank": rank + 1, "path": str(video.path), "label": video.label, "group": video.group,
-                 "prediction": float(predicted[BLEND][i]), "loss": float(losses[i]), "error": evaluation.errors[i],
-                 "facts": evaluation.facts[i], "slices": attributes[i],
-                 "models": {name: float(predicted[name][i]) for name in predicted if name != BLEND}}
-        try:
-            runner = runner or Pipeline(manifest, args.device, readers=0)
-            pictures = video_pictures(runner, video.path, args.frames_per_video, evaluation.frame_scores[i])
-            for kind, data in (("strip", pictures.strip), ("frame", pictures.frame)):
-                if data is not None:
-                    images[f"worst{rank + 1}_{kind}"] = data
-                    entry[kind] = f"worst{rank + 1}_{kind}"
-        except Exception as error:  # a video the pipeline cannot show still gets its row and numbers
-            entry["pictures_error"] = f"{type(error).__name__}: {error}"
-        worst.append(entry)
-    if runner is not None:
-        runner.close()
 
     report = {
         "set": args.set, "root": str(args.root or default_root(args.set)), "n": len(videos),

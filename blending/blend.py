@@ -44,13 +44,23 @@ def aggregate_frames(frame_scores: Sequence[float], method: str = "mean") -> flo
             return float(scores.mean())
         return float((scores * confidence).sum() / confidence.sum())
     if method == "sharpen":
-        distance = scores - 0.5
-        sharp = np.clip(0.5 + np.sign(distance) * np.abs(distance) ** SHARPEN_POWER, *SHARPEN_LIMITS)
-        return float(np.average(sharp, weights=np.abs(distance) + 1e-4))
+        sharp = np.clip(power_map(scores, SHARPEN_POWER), *SHARPEN_LIMITS)
+        return float(np.average(sharp, weights=np.abs(scores - 0.5) + 1e-4))
     if method == "logit_mean":
-        held = np.clip(scores, LOGIT_EDGE, 1 - LOGIT_EDGE)
-        return float(1 / (1 + np.exp(-(np.log(held) - np.log1p(-held)).mean())))
+        return float(1 / (1 + np.exp(-logit(scores).mean())))
     raise ValueError(f"unknown frame aggregation {method!r}")
+
+
+def logit(scores: np.ndarray) -> np.ndarray:
+    """The logit of each P(FAKE), held LOGIT_EDGE away from 0 and 1 so none is infinite."""
+    held = np.clip(scores, LOGIT_EDGE, 1 - LOGIT_EDGE)
+    return np.log(held) - np.log1p(-held)
+
+
+def power_map(scores: np.ndarray, power: float) -> np.ndarray:
+    """NTech's transform: 0.5 + sign(p - 0.5) |p - 0.5|^power (below 1 it pushes scores away from 0.5), unclipped."""
+    distance = scores - 0.5
+    return 0.5 + np.sign(distance) * np.abs(distance) ** power
 
 
 def combine_tracks(track_scores: Sequence[float], method: str = "max") -> float:
@@ -108,12 +118,10 @@ def calibrate(score, method: str = "none", scale: float = 1.0, shift: float = 0.
     if method == "none":
         mapped = p
     elif method in ("temperature", "platt"):
-        held = np.clip(p, LOGIT_EDGE, 1 - LOGIT_EDGE)
-        logit = scale * (np.log(held) - np.log1p(-held)) + (shift if method == "platt" else 0.0)
-        mapped = np.exp(-np.logaddexp(0.0, -logit))  # the sigmoid, without overflow at either end
+        line = scale * logit(p) + (shift if method == "platt" else 0.0)
+        mapped = np.exp(-np.logaddexp(0.0, -line))  # the sigmoid, without overflow at either end
     elif method == "power":
-        distance = p - 0.5
-        mapped = np.clip(0.5 + np.sign(distance) * np.abs(distance) ** scale, 0.0, 1.0)
+        mapped = np.clip(power_map(p, scale), 0.0, 1.0)
     else:
         raise ValueError(f"unknown calibration {method!r}")
     mapped = np.where(missing, np.nan, mapped)
