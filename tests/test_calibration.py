@@ -17,6 +17,7 @@ import blending
 from bench import local_lb, tune
 from bench.blend_fit import log_loss
 from bench.calibration import choose_calibration, choose_fallback, fit_calibration
+from blending.blend import logit
 from tests.helpers import run_kernel, small_manifest
 from weights import BlendSpec, CalibrationSpec, WeightsError, load_ensemble
 
@@ -262,3 +263,15 @@ def test_the_kernel_writes_the_manifests_calibration(shared, ensemble_path, tmp_
         assert label == pytest.approx(blending.clamp_prediction(sigmoid(0.5 * np.log(blended / (1 - blended)) + 0.3),
                                                                 spec.clamp, spec.fallback), abs=1e-6)
         assert label != pytest.approx(plain_rows[name], abs=1e-3)
+
+
+def test_platt_is_scikit_learns_logistic_regression_on_the_logit():
+    """Without a clamp, the Platt fit is an unpenalised logistic regression on logit(p): scikit-learn's agrees."""
+    from sklearn.linear_model import LogisticRegression
+
+    labels, truth = labelled(400, seed=4)
+    blended = overconfident(truth)
+    fitted = fit_calibration("platt", labels, blended, BlendSpec(clamp=(0.0, 1.0)))
+    reference = LogisticRegression(C=np.inf).fit(logit(blended)[:, None], labels)
+    assert fitted.scale == pytest.approx(reference.coef_[0, 0], abs=2e-3)
+    assert fitted.shift == pytest.approx(reference.intercept_[0], abs=2e-3)

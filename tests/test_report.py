@@ -211,3 +211,13 @@ def test_pictures_of_a_video_without_a_face_show_its_frame(ensemble_path, sample
     # a row per track and model, each a title band over captioned crops; the models without cached scores too
     rows, rest = divmod(strip.shape[0], 18 + TILE + 18 + 6)
     assert rest == 0 and rows >= 4 and rows % 4 == 0, strip.shape
+
+
+def test_reliability_bins_are_scikit_learns_calibration_curve():
+    from sklearn.calibration import calibration_curve
+
+    labels, predictions, _ = synthetic_set(n=300)
+    bins = reliability(labels, predictions)["bins"]
+    fake_share, mean_prediction = calibration_curve(labels, predictions, n_bins=10, strategy="uniform")
+    assert [b["fake_share"] for b in bins] == pytest.approx(fake_share.tolist())
+    assert [b["mean_prediction"] for b in bins] == pytest.approx(mean_prediction.tolist())
